@@ -1,0 +1,170 @@
+"""The dataset's CSV layout (``label,pixel1,...,pixel784``): write it, read it strictly, cache the parse.
+
+Reading validates the whole file before anything is returned and names the first problem by file,
+line and column. The checks are vectorised over the raw bytes, so a clean 130 MB file costs about a
+second; the parsed uint8 array is cached beside the CSV and reused while the CSV is unchanged.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fashion_conv.atomic import atomic_path
+from fashion_conv.errors import DataError
+
+N_PIXELS = 28 * 28
+HEADER = ["label"] + [f"pixel{i}" for i in range(1, N_PIXELS + 1)]
+_COMMA, _NEWLINE, _CR = ord(","), ord("\n"), ord("\r")
+_BOM = b"\xef\xbb\xbf"
+
+
+def write_csv(path: str | Path, labels: np.ndarray, images: np.ndarray) -> None:
+    """Write labels (N,) and images (N, 28, 28) uint8 as the CSV layout, atomically."""
+    table = np.column_stack([labels.reshape(-1, 1), images.reshape(len(images), -1)]).astype(np.uint8)
+    with atomic_path(path) as tmp:
+        pd.DataFrame(table, columns=HEADER).to_csv(tmp, index=False, lineterminator="\n")
+    _write_cache(Path(path), table)
+
+
+def read_csv(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Labels (N,) and images (N, 28, 28), both uint8, from a validated CSV; cached after the first parse."""
+    path = Path(path)
+    table = _read_cache(path)
+    if table is None:
+        table = parse_csv(path)
+        _write_cache(path, table)
+    return table[:, 0].copy(), table[:, 1:].reshape(-1, 28, 28)
+
+
+def parse_csv(path: Path) -> np.ndarray:
+    """Parse and validate; (N, 785) uint8. Raises DataError naming file, line and column."""
+    raw = path.read_bytes()
+    if not raw.strip():
+        raise DataError(path, "file is empty; expected a header line 'label,pixel1,...,pixel784' and data rows")
+    if raw.startswith(_BOM):  # harmless: written by some spreadsheet tools
+        raw = raw[len(_BOM) :]
+    if b"\r" in raw:  # CRLF line ends are harmless; a lone CR is not
+        raw = raw.replace(b"\r\n", b"\n")
+        if b"\r" in raw:
+            pos = raw.index(b"\r")
+            raise DataError(path, "stray carriage return inside a line", *_line_col(raw, pos))
+    header_end = raw.find(b"\n")
+    header_end = len(raw) if header_end < 0 else header_end
+    _check_header(path, raw[:header_end].decode("utf-8", errors="replace"))
+    body = raw[header_end + 1 :].rstrip(b"\n") + b"\n"
+    if body == b"\n":
+        raise DataError(path, "header only, no data rows", line=2)
+    table = _parse_body(path, raw, header_end + 1, body)
+    return table
+
+
+def _check_header(path: Path, header: str) -> None:
+    cells = header.split(",")
+    if cells == HEADER:
+        return
+    if cells and all(c.strip().lstrip("-").replace(".", "", 1).isdigit() for c in cells):
+        raise DataError(path, "missing header: the first line holds numbers; expected 'label,pixel1,...,pixel784'", line=1)
+    if len(cells) != len(HEADER):
+        hint = " (label and 784 pixels)" if len(cells) == N_PIXELS else ""
+        raise DataError(path, f"header has {len(cells)} columns, expected {len(HEADER)}{hint}", line=1)
+    if cells[-1] == "label":
+        raise DataError(path, "'label' is the last column; expected it first: 'label,pixel1,...,pixel784'", line=1)
+    col = next(i for i, (a, b) in enumerate(zip(cells, HEADER)) if a != b)
+    raise DataError(path, f"header column is '{cells[col]}', expected '{HEADER[col]}'", line=1, column=col + 1)
+
+
+def _parse_body(path: Path, raw: bytes, offset: int, body: bytes) -> np.ndarray:
+    """Check the structure on the raw bytes, then decode the 1-3 digit cells, then check ranges; all vectorised."""
+    b = np.frombuffer(body, dtype=np.uint8)
+    digit = b - np.uint8(ord("0"))  # non-digits wrap to values > 9
+    is_sep = (b == _COMMA) | (b == _NEWLINE)
+    bad = np.flatnonzero((digit > 9) & ~is_sep)
+    if bad.size:
+        _fail_cell(path, raw, offset, body, int(bad[0]), "not an integer")
+    seps = np.flatnonzero(is_sep)  # each cell ends at a separator
+    widths = np.empty_like(seps)
+    widths[0] = seps[0]
+    np.subtract(seps[1:], seps[:-1] + 1, out=widths[1:])
+    odd = np.flatnonzero((widths == 0) | (widths > 3))
+    if odd.size:
+        i = int(odd[0])
+        _fail_cell(path, raw, offset, body, int(seps[i] - (widths[i] > 0)), "is empty" if widths[i] == 0 else "too long")
+    ends_line = np.flatnonzero(b[seps] == _NEWLINE)
+    cells_per_row = np.diff(ends_line, prepend=-1)
+    wrong = np.flatnonzero(cells_per_row != len(HEADER))
+    if wrong.size:
+        i = int(wrong[0])
+        line = _line_of(raw, offset) + i
+        raise DataError(path, f"row has {cells_per_row[i]} columns, expected {len(HEADER)}", line=line)
+    # Decode: units digit just before each separator, tens and hundreds where the cell is wide enough.
+    values = digit[seps - 1].astype(np.uint16)
+    values += np.where(widths >= 2, digit[np.maximum(seps - 2, 0)], 0).astype(np.uint16) * 10
+    values += np.where(widths >= 3, digit[np.maximum(seps - 3, 0)], 0).astype(np.uint16) * 100
+    table = values.reshape(-1, len(HEADER))
+    labels_bad = np.flatnonzero(table[:, 0] > 9)
+    if labels_bad.size:
+        r = int(labels_bad[0])
+        raise DataError(path, f"label is {table[r, 0]}, expected an integer in 0-9", line=r + 2, column=1)
+    r, c = np.unravel_index(int(np.argmax(table > 255)), table.shape)
+    if table[r, c] > 255:
+        raise DataError(path, f"{HEADER[c]} is {table[r, c]}, expected an integer in 0-255", line=int(r) + 2, column=int(c) + 1)
+    return table.astype(np.uint8)
+
+
+def _fail_cell(path: Path, raw: bytes, offset: int, body: bytes, pos: int, problem: str) -> None:
+    """Raise for the cell that holds byte ``pos`` of ``body`` (or, for an empty cell, ends there), quoting it."""
+    if problem == "is empty":
+        start = end = pos
+        if body[pos] == _NEWLINE and (pos == 0 or body[pos - 1] == _NEWLINE):
+            raise DataError(path, "empty line; expected a row of 785 integers", line=_line_of(raw, offset + pos))
+    else:
+        start = max(body.rfind(b",", 0, pos), body.rfind(b"\n", 0, pos)) + 1
+        end = min(i for i in (body.find(b",", start), body.find(b"\n", start)) if i >= 0)
+    line, column = _line_col(raw, offset + start)
+    name = HEADER[column - 1] if column <= len(HEADER) else f"column {column}"
+    found = "empty" if start == end else repr(body[start:end].decode("utf-8", errors="replace"))
+    expected = "0-9" if column == 1 else "0-255"
+    raise DataError(path, f"{name} is {found}, expected an integer in {expected}", line=line, column=column)
+
+
+def _line_of(raw: bytes, pos: int) -> int:
+    return raw.count(b"\n", 0, pos) + 1
+
+
+def _line_col(raw: bytes, pos: int) -> tuple[int, int]:
+    line_start = raw.rfind(b"\n", 0, pos) + 1
+    return _line_of(raw, pos), raw.count(b",", line_start, pos) + 1
+
+
+def _cache_path(csv_path: Path) -> Path:
+    return csv_path.parent / ".cache" / f"{csv_path.name}.npy"
+
+
+def _fingerprint(csv_path: Path) -> np.ndarray:
+    st = csv_path.stat()
+    return np.array([st.st_size, st.st_mtime_ns], dtype=np.int64)
+
+
+def _write_cache(csv_path: Path, table: np.ndarray) -> None:
+    """Cache = the table plus the CSV's size and mtime, in one .npz-free .npy: 16 header bytes then rows."""
+    stamp = _fingerprint(csv_path).view(np.uint8)
+    with atomic_path(_cache_path(csv_path)) as tmp, open(tmp, "wb") as f:
+        np.save(f, np.concatenate([stamp, table.ravel()]), allow_pickle=False)
+
+
+def _read_cache(csv_path: Path) -> np.ndarray | None:
+    cache = _cache_path(csv_path)
+    if not cache.is_file():
+        return None
+    try:
+        flat = np.load(cache, allow_pickle=False)
+    except (ValueError, OSError, EOFError):
+        return None  # unreadable cache: rebuild it from the CSV
+    if flat.size < 16 or not np.array_equal(flat[:16].view(np.int64), _fingerprint(csv_path)):
+        return None
+    if (flat.size - 16) % len(HEADER):
+        return None
+    return flat[16:].reshape(-1, len(HEADER))
