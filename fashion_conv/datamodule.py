@@ -1,0 +1,149 @@
+"""``FashionMNISTDataModule``: the CSV dataset in memory as uint8 tensors, served in batches by slicing.
+
+``prepare_data`` only makes sure the CSV files exist (building them from the official IDX files if
+needed); ``setup(stage)`` parses them (cached) and builds the train/validation split.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from fashion_conv.csvio import read_csv
+from fashion_conv.errors import FashionConvError
+from fashion_conv.prepare import csv_paths, prepare_data
+
+CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+
+
+class InMemoryImages(Dataset):
+    """Images (N, 1, 28, 28) uint8 and labels (N,) int64 held as tensors.
+
+    ``__getitems__`` lets a standard ``DataLoader`` fetch a whole batch with one indexing op; pixels
+    become float32 in [0, 1] per batch, so memory stays at one byte a pixel.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images[i].float().div_(255), self.labels[i]
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.as_tensor(indices)
+        return self.images[idx].float().div_(255), self.labels[idx]
+
+
+def _batch_as_is(batch):
+    """``__getitems__`` already returns a collated (x, y) batch."""
+    return batch
+
+
+class EpochShuffle(Sampler[int]):
+    """A shuffle whose order depends only on (seed, epoch), so a resumed run sees the same batches.
+
+    Lightning calls ``set_epoch`` before each training epoch.
+    """
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+class FashionMNISTDataModule(L.LightningDataModule):
+    """Fashion-MNIST from ``<data_dir>/processed/fashion-mnist-{train,test}.csv``.
+
+    Args:
+        data_dir: folder with ``raw/`` and ``processed/``; the CSVs are built there if missing.
+        batch_size: training batch size (the notebook's 64).
+        val_size: images held out of the train CSV for validation.
+        split_seed: seed of the train/validation split (fixed across runs, so runs compare on the same split).
+        shuffle_seed: seed of the per-epoch shuffle; ``None`` takes the run's global seed (``seed_everything``).
+        eval_batch_size: batch size for validation and test (no gradients, so larger is faster).
+        num_workers: DataLoader workers; 0 is right for in-memory data.
+        download: allow a download from the official mirror when no local copy is found.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | Path = "data",
+        batch_size: int = 64,
+        val_size: int = 5000,
+        split_seed: int = 0,
+        shuffle_seed: int | None = None,
+        eval_batch_size: int = 1000,
+        num_workers: int = 0,
+        download: bool = True,
+    ):
+        super().__init__()
+        for name, value, low in (("batch_size", batch_size, 1), ("eval_batch_size", eval_batch_size, 1), ("val_size", val_size, 0)):
+            if value < low:
+                raise FashionConvError(f"--data.{name} must be at least {low}, got {value}")
+        self.save_hyperparameters()
+        self.data_dir = Path(data_dir)
+        self.class_names = CLASS_NAMES
+        self.train_set = self.val_set = self.test_set = None
+
+    def prepare_data(self) -> None:
+        if not self.data_dir.is_dir():
+            raise FashionConvError(f"data_dir {str(self.data_dir)!r} does not exist (cwd: {Path.cwd()}); create it or pass --data.data_dir")
+        prepare_data(self.data_dir, mirror=None if self.hparams.download else "")
+
+    def setup(self, stage: str | None = None) -> None:
+        paths = csv_paths(self.data_dir)
+        if stage in (None, "fit", "validate") and self.train_set is None:
+            images, labels = _load(paths["train"])
+            n_val = self.hparams.val_size
+            if n_val >= len(labels):
+                raise FashionConvError(f"--data.val_size {n_val} leaves no training images: {paths['train']} has {len(labels)} rows")
+            order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.hparams.split_seed))
+            train_idx, val_idx = order[n_val:], order[:n_val]
+            self.train_set = InMemoryImages(images[train_idx], labels[train_idx])
+            self.val_set = InMemoryImages(images[val_idx], labels[val_idx])
+        if stage in (None, "test", "predict") and self.test_set is None:
+            self.test_set = InMemoryImages(*_load(paths["test"]))
+
+    def train_dataloader(self) -> DataLoader:
+        seed = self.hparams.shuffle_seed
+        seed = torch.initial_seed() if seed is None else seed
+        sampler = EpochShuffle(len(self.train_set), seed)
+        return self._loader(self.train_set, self.hparams.batch_size, sampler=sampler)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, self.hparams.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, self.hparams.eval_batch_size)
+
+    def _loader(self, dataset: InMemoryImages, batch_size: int, sampler: Sampler | None = None) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            collate_fn=_batch_as_is,
+            num_workers=self.hparams.num_workers,
+            persistent_workers=self.hparams.num_workers > 0,
+        )
+
+
+def _load(csv_path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, 1, 28, 28) uint8 images and (N,) int64 labels from a validated CSV."""
+    if not csv_path.is_file():
+        raise FashionConvError(f"{csv_path} not found; run `python -m fashion_conv.prepare` or let prepare_data() build it")
+    labels, images = read_csv(csv_path)
+    return torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels).long()

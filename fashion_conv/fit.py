@@ -1,0 +1,178 @@
+"""``python -m fashion_conv.fit``: prepare data, train, test the best checkpoint, export ``model.pth``.
+
+A LightningCLI, so ``--model.*``, ``--data.*``, ``--trainer.*``, ``--config`` and ``--print_config`` work
+as in any Lightning project. Defaults reproduce the notebook: ``cnn``, 5 epochs, batch 64, Adam 1e-3.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from lightning import LightningDataModule, LightningModule, Trainer
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from fashion_conv.atomic import atomic_path, atomic_write_text
+from fashion_conv.dashboards import DatasetDashboards
+from fashion_conv.datamodule import FashionMNISTDataModule
+from fashion_conv.errors import FashionConvError
+from fashion_conv.module import FashionClassifier
+
+SEED = 42
+
+
+def run_name(backbone: str) -> str:
+    """Folder name of a run group: the registry name, or the class name of a class path."""
+    return backbone.rpartition(".")[2]
+
+
+def find_last_checkpoint(runs_dir: Path) -> Path | None:
+    """The newest ``version_*/checkpoints/last.ckpt`` under a backbone's run folder."""
+    found = sorted(runs_dir.glob("version_*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+    return found[-1] if found else None
+
+
+class FashionCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument(
+            "--ckpt_path",
+            type=Optional[str],
+            default=None,
+            help="Resume from this checkpoint; 'last' resumes the newest run of this backbone (or starts fresh).",
+        )
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config
+        root = Path(config.trainer.default_root_dir or ".")
+        self.runs_dir = root / "lightning_logs" / run_name(_backbone_name(config.model))
+        self.resume_from, self.version = None, None
+        ckpt = config.ckpt_path
+        if ckpt == "last":
+            self.resume_from = find_last_checkpoint(self.runs_dir)
+            if self.resume_from is None:
+                print(f"No checkpoint under {self.runs_dir} yet: starting a fresh run.", file=sys.stderr)
+            else:  # continue in the same run folder, so TensorBoard shows one continuous run
+                self.version = self.resume_from.parent.parent.name
+        elif ckpt:
+            self.resume_from = Path(ckpt)
+            if not self.resume_from.is_file():
+                raise FashionConvError(f"--ckpt_path {ckpt}: no such checkpoint file")
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        if self.config.trainer.logger in (None, True):  # the default: one TensorBoard folder per backbone
+            kwargs["logger"] = TensorBoardLogger(
+                save_dir=self.runs_dir.parent, name=self.runs_dir.name, version=self.version, default_hp_metric=False
+            )
+        return super().instantiate_trainer(**kwargs)
+
+
+def _backbone_name(model_config) -> str:
+    backbone = model_config.backbone
+    if isinstance(backbone, str):
+        return backbone
+    return getattr(backbone, "class_path", None) or backbone["class_path"]
+
+
+def build_cli(argv: list[str] | None) -> FashionCLI:
+    return FashionCLI(
+        FashionClassifier,
+        FashionMNISTDataModule,
+        run=False,
+        args=argv,
+        seed_everything_default=SEED,
+        save_config_kwargs={"overwrite": True},
+        trainer_defaults={
+            "max_epochs": 5,
+            "callbacks": [
+                ModelCheckpoint(
+                    monitor="val/acc",
+                    mode="max",
+                    save_last=True,
+                    filename="best-epoch={epoch}-val_acc={val/acc:.4f}",
+                    auto_insert_metric_name=False,
+                ),
+                DatasetDashboards(),
+            ],
+        },
+        parser_kwargs={"prog": "python -m fashion_conv.fit", "description": __doc__.splitlines()[0]},
+    )
+
+
+def train_and_test(trainer: Trainer, model: LightningModule, data: LightningDataModule, ckpt_path: Path | None, seed: Any) -> dict:
+    """Fit, test the best checkpoint on the official test set, write ``metrics.json`` and ``model.pth``."""
+    start = time.perf_counter()
+    trainer.fit(model, datamodule=data, ckpt_path=ckpt_path)
+    train_seconds = time.perf_counter() - start
+    checkpoint = trainer.checkpoint_callback
+    best = checkpoint.best_model_path if checkpoint and checkpoint.best_model_path else None
+    tested = trainer.test(model, datamodule=data, ckpt_path=best or None, verbose=False)[0]
+    summary = {
+        "backbone": model.hparams.backbone,
+        "params": model.num_params,
+        "epochs": trainer.current_epoch,
+        "val_acc": float(checkpoint.best_model_score) if best else None,
+        "test_acc": tested["test/acc"],
+        "test_loss": tested["test/loss"],
+        "train_seconds": round(train_seconds, 2),
+        "seed": seed,
+        "precision": str(trainer.precision),
+        "accelerator": type(trainer.accelerator).__name__,
+        "run_dir": str(trainer.log_dir) if trainer.log_dir else None,
+        "best_checkpoint": best,
+        "resumed_from": str(ckpt_path) if ckpt_path else None,
+    }
+    if trainer.is_global_zero:
+        _write_outputs(trainer, model, summary)
+    return summary
+
+
+def _write_outputs(trainer: Trainer, model: FashionClassifier, summary: dict) -> None:
+    run_dir = Path(trainer.log_dir or trainer.default_root_dir)
+    atomic_write_text(run_dir / "metrics.json", json.dumps(summary, indent=2) + "\n")
+    with atomic_path(run_dir / "model.pth") as tmp:
+        torch.save({k: v.cpu() for k, v in model.backbone.state_dict().items()}, tmp)
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            hp = {k: v for k, v in summary.items() if k in ("backbone", "params", "seed", "precision", "epochs")}
+            hp.update(lr=model.hparams.lr, batch_size=trainer.datamodule.hparams.batch_size)
+            logger.log_hyperparams(hp, metrics={"hp/val_acc": summary["val_acc"] or 0.0, "hp/test_acc": summary["test_acc"]})
+            logger.save()
+
+
+def print_summary(summary: dict) -> None:
+    val = f"{summary['val_acc']:.4f}" if summary["val_acc"] is not None else "n/a"
+    lines = [
+        "",
+        "fashion_conv run summary",
+        f"  backbone        {summary['backbone']} ({summary['params']:,} parameters)",
+        f"  epochs          {summary['epochs']}  (seed {summary['seed']}, precision {summary['precision']})",
+        f"  best val acc    {val}",
+        f"  test acc        {summary['test_acc']:.4f}  (official test set, best checkpoint by val/acc)",
+        f"  training time   {summary['train_seconds']:.1f} s",
+        f"  run folder      {summary['run_dir']}  (metrics.json, model.pth, checkpoints/)",
+        "  dashboards      tensorboard --logdir lightning_logs",
+    ]
+    print("\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cli = build_cli(argv)
+        summary = train_and_test(cli.trainer, cli.model, cli.datamodule, cli.resume_from, cli.config.seed_everything)
+    except (FashionConvError, MisconfigurationException) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if cli.trainer.is_global_zero:
+        print_summary(summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
