@@ -44,10 +44,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fashion_conv.prepare", description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default="data", help="folder holding raw/ and processed/ (default: data)")
     parser.add_argument("--force", action="store_true", help="rebuild the CSVs even if they exist")
+    parser.add_argument("--system-dir", default=str(idx.SYSTEM_DIR), help="system copy to use ('' for none; default: %(default)s)")
     parser.add_argument("--no-download", action="store_true", help="never try the official mirror")
     args = parser.parse_args(argv)
     try:
-        paths = prepare_data(args.data_dir, force=args.force, mirror="" if args.no_download else None)
+        system_dir = args.system_dir or None
+        paths = prepare_data(args.data_dir, force=args.force, system_dir=system_dir, mirror="" if args.no_download else None)
     except FashionConvError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

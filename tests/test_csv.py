@@ -1,0 +1,124 @@
+"""The CSV reader: exact round trip, a cache that follows the file, and one clear error per bad input."""
+
+import os
+import re
+
+import numpy as np
+import pytest
+
+from conftest import tiny_arrays
+from fashion_conv.csvio import HEADER, _cache_path, read_csv, write_csv
+from fashion_conv.errors import DataError
+
+HEADER_LINE = ",".join(HEADER)
+
+
+def row(label="3", pixels=None) -> str:
+    pixels = pixels or ["0"] * 784
+    return ",".join([label, *pixels])
+
+
+def write(tmp_path, text: str | bytes):
+    path = tmp_path / "bad.csv"
+    path.write_bytes(text.encode() if isinstance(text, str) else text)
+    return path
+
+
+def test_round_trip(tmp_path):
+    labels, images = tiny_arrays(30)
+    path = tmp_path / "d.csv"
+    write_csv(path, labels, images)
+    assert path.read_text().splitlines()[0] == HEADER_LINE
+    got_labels, got_images = read_csv(path)
+    assert np.array_equal(got_labels, labels) and np.array_equal(got_images, images)
+    assert got_images.dtype == np.uint8 and got_images.shape == (30, 28, 28)
+
+
+def test_cache_is_used_and_rebuilt_when_the_csv_changes(tmp_path):
+    labels, images = tiny_arrays(20)
+    path = tmp_path / "d.csv"
+    path.write_text("\n".join([HEADER_LINE] + [row(str(l), [str(v) for v in im.ravel()]) for l, im in zip(labels, images)]) + "\n")
+    assert not _cache_path(path).exists()
+    read_csv(path)
+    assert _cache_path(path).exists()
+    # Proof the second read comes from the cache: poison the cache's rows, keep its fingerprint.
+    flat = np.load(_cache_path(path))
+    flat[16:] = 7
+    np.save(_cache_path(path), flat)
+    assert (read_csv(path)[0] == 7).all()
+    # Editing the CSV (new size and mtime) invalidates the cache.
+    path.write_text(HEADER_LINE + "\n" + row("5") + "\n")
+    labels2, images2 = read_csv(path)
+    assert labels2.tolist() == [5] and images2.shape == (1, 28, 28)
+
+
+def test_corrupt_cache_is_rebuilt(tmp_path):
+    path = write(tmp_path, HEADER_LINE + "\n" + row("2") + "\n")
+    read_csv(path)
+    _cache_path(path).write_bytes(b"garbage")
+    assert read_csv(path)[0].tolist() == [2]
+
+
+def test_harmless_variants_are_accepted(tmp_path):
+    body = HEADER_LINE + "\r\n" + row("1") + "\r\n" + row("2") + "\r\n\r\n"
+    path = write(tmp_path, b"\xef\xbb\xbf" + body.encode())  # BOM, CRLF, trailing blank line
+    labels, images = read_csv(path)
+    assert labels.tolist() == [1, 2] and images.shape == (2, 28, 28)
+    path = write(tmp_path, HEADER_LINE + "\n" + row("4"))  # no final newline
+    assert read_csv(path)[0].tolist() == [4]
+
+
+def pixels_with(col: int, value: str) -> list[str]:
+    cells = ["0"] * 784
+    cells[col - 2] = value  # col is the 1-based CSV column; pixel1 is column 2
+    return cells
+
+
+BAD = [
+    ("", None, None, "file is empty"),
+    (HEADER_LINE + "\n", 2, None, "header only"),
+    (row("3") + "\n", 1, None, "missing header"),
+    (",".join(HEADER[1:] + ["label"]) + "\n" + row() + "\n", 1, None, "'label' is the last column"),
+    (",".join(HEADER[1:]) + "\n", 1, None, "header has 784 columns, expected 785"),
+    (HEADER_LINE.replace("pixel7,", "pixelX,") + "\n" + row() + "\n", 1, 8, "header column is 'pixelX', expected 'pixel7'"),
+    (HEADER_LINE + "\n" + row() + "\n" + row("3.0") + "\n", 3, 1, "label is '3.0', expected an integer in 0-9"),
+    (HEADER_LINE + "\n" + row("10") + "\n", 2, 1, "label is 10, expected an integer in 0-9"),
+    (HEADER_LINE + "\n" + row("1", pixels_with(5, "NaN")) + "\n", 2, 5, "pixel4 is 'NaN', expected an integer in 0-255"),
+    (HEADER_LINE + "\n" + row("1", pixels_with(300, "256")) + "\n", 2, 300, "pixel299 is 256, expected an integer in 0-255"),
+    (HEADER_LINE + "\n" + row("1", pixels_with(2, "-1")) + "\n", 2, 2, "pixel1 is '-1', expected an integer in 0-255"),
+    (HEADER_LINE + "\n" + row("1", pixels_with(9, "abc")) + "\n", 2, 9, "pixel8 is 'abc', expected"),
+    (HEADER_LINE + "\n" + row("1", pixels_with(9, "1000")) + "\n", 2, 9, "pixel8 is '1000', expected"),
+    (HEADER_LINE + "\n" + row("1", pixels_with(785, "")) + "\n", 2, 785, "pixel784 is empty"),
+    (HEADER_LINE + "\n" + row("") + "\n", 2, 1, "label is empty"),
+    (HEADER_LINE + "\n" + row() + "\n\n" + row() + "\n", 3, None, "empty line"),
+    (HEADER_LINE + "\n" + row() + "\n" + row() + ",0\n", 3, None, "row has 786 columns, expected 785"),
+    (HEADER_LINE + "\n" + row()[:-2] + "\n", 2, None, "row has 784 columns, expected 785"),
+    (HEADER_LINE + "\n" + row() + "\r" + row() + "\n", 2, 785, "stray carriage return"),
+]
+
+
+@pytest.mark.parametrize("text,line,column,problem", BAD, ids=[b[3][:40] for b in BAD])
+def test_bad_input_names_file_line_column_and_problem(tmp_path, text, line, column, problem):
+    path = write(tmp_path, text)
+    with pytest.raises(DataError) as info:
+        read_csv(path)
+    err = info.value
+    assert str(path) in str(err) and re.search(re.escape(problem), str(err)), str(err)
+    assert (err.line, err.column) == (line, column), str(err)
+    assert not _cache_path(path).exists()  # nothing half-loaded or cached
+
+
+def test_error_deep_in_a_large_file_is_located(tmp_path):
+    rows = [row(str(i % 10)) for i in range(2000)]
+    rows[1500] = row("1", pixels_with(400, "x"))
+    path = write(tmp_path, HEADER_LINE + "\n" + "\n".join(rows) + "\n")
+    with pytest.raises(DataError) as info:
+        read_csv(path)
+    assert (info.value.line, info.value.column) == (1502, 400)
+
+
+def test_write_is_atomic_and_leaves_no_temp_files(tmp_path):
+    labels, images = tiny_arrays(5)
+    write_csv(tmp_path / "d.csv", labels, images)
+    leftovers = [p.name for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
+    assert leftovers == [] and os.path.getsize(tmp_path / "d.csv") > 0
