@@ -17,6 +17,7 @@ from fashion_conv.errors import DataError
 
 N_PIXELS = 28 * 28
 HEADER = ["label"] + [f"pixel{i}" for i in range(1, N_PIXELS + 1)]
+PIXEL_HEADER = HEADER[1:]  # images without labels: a file to predict on
 _COMMA, _NEWLINE, _CR = ord(","), ord("\n"), ord("\r")
 _BOM = b"\xef\xbb\xbf"
 
@@ -39,11 +40,30 @@ def read_csv(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     return table[:, 0].copy(), table[:, 1:].reshape(-1, 28, 28)
 
 
+def read_images_csv(path: str | Path) -> tuple[np.ndarray | None, np.ndarray]:
+    """Labels (N,), or None for a file without the label column, and images (N, 28, 28) uint8; writes no cache.
+
+    For predicting on a user's file: the header picks the layout, the checks are the same as ``parse_csv``'s.
+    """
+    path = Path(path)
+    with open(path, "rb") as f:
+        start = f.read(len(_BOM) + 8)
+    if start.removeprefix(_BOM).startswith(b"pixel1,"):
+        return None, _parse(path, PIXEL_HEADER).reshape(-1, 28, 28)
+    table = parse_csv(path)
+    return table[:, 0].copy(), table[:, 1:].reshape(-1, 28, 28)
+
+
 def parse_csv(path: Path) -> np.ndarray:
     """Parse and validate; (N, 785) uint8. Raises DataError naming file, line and column."""
+    return _parse(path, HEADER)
+
+
+def _parse(path: Path, columns: list[str]) -> np.ndarray:
+    """Parse and validate a file whose header must be ``columns``; (N, len(columns)) uint8."""
     raw = path.read_bytes()
     if not raw.strip():
-        raise DataError(path, "file is empty; expected a header line 'label,pixel1,...,pixel784' and data rows")
+        raise DataError(path, f"file is empty; expected a header line {_spelled(columns)} and data rows")
     if raw.startswith(_BOM):  # harmless: written by some spreadsheet tools
         raw = raw[len(_BOM) :]
     if b"\r" in raw:  # CRLF line ends are harmless; a lone CR is not
@@ -53,37 +73,41 @@ def parse_csv(path: Path) -> np.ndarray:
             raise DataError(path, "stray carriage return inside a line", *_line_col(raw, pos))
     header_end = raw.find(b"\n")
     header_end = len(raw) if header_end < 0 else header_end
-    _check_header(path, raw[:header_end].decode("utf-8", errors="replace"))
+    _check_header(path, raw[:header_end].decode("utf-8", errors="replace"), columns)
     body = raw[header_end + 1 :].rstrip(b"\n") + b"\n"
     if body == b"\n":
         raise DataError(path, "header only, no data rows", line=2)
-    table = _parse_body(path, raw, header_end + 1, body)
+    table = _parse_body(path, raw, header_end + 1, body, columns)
     return table
 
 
-def _check_header(path: Path, header: str) -> None:
+def _spelled(columns: list[str]) -> str:
+    return f"'{columns[0]},{columns[1]},...,{columns[-1]}'"
+
+
+def _check_header(path: Path, header: str, columns: list[str] = HEADER) -> None:
     cells = header.split(",")
-    if cells == HEADER:
+    if cells == columns:
         return
     if cells and all(c.strip().lstrip("-").replace(".", "", 1).isdigit() for c in cells):
-        raise DataError(path, "missing header: the first line holds numbers; expected 'label,pixel1,...,pixel784'", line=1)
-    if len(cells) != len(HEADER):
-        hint = " (label and 784 pixels)" if len(cells) == N_PIXELS else ""
-        raise DataError(path, f"header has {len(cells)} columns, expected {len(HEADER)}{hint}", line=1)
-    if cells[-1] == "label":
+        raise DataError(path, f"missing header: the first line holds numbers; expected {_spelled(columns)}", line=1)
+    if len(cells) != len(columns):
+        hint = " (label and 784 pixels)" if len(cells) == N_PIXELS and columns == HEADER else ""
+        raise DataError(path, f"header has {len(cells)} columns, expected {len(columns)}{hint}", line=1)
+    if cells[-1] == "label" and columns == HEADER:
         raise DataError(path, "'label' is the last column; expected it first: 'label,pixel1,...,pixel784'", line=1)
-    col = next(i for i, (a, b) in enumerate(zip(cells, HEADER)) if a != b)
-    raise DataError(path, f"header column is '{cells[col]}', expected '{HEADER[col]}'", line=1, column=col + 1)
+    col = next(i for i, (a, b) in enumerate(zip(cells, columns)) if a != b)
+    raise DataError(path, f"header column is '{cells[col]}', expected '{columns[col]}'", line=1, column=col + 1)
 
 
-def _parse_body(path: Path, raw: bytes, offset: int, body: bytes) -> np.ndarray:
+def _parse_body(path: Path, raw: bytes, offset: int, body: bytes, columns: list[str] = HEADER) -> np.ndarray:
     """Check the structure on the raw bytes, then decode the 1-3 digit cells, then check ranges; all vectorised."""
     b = np.frombuffer(body, dtype=np.uint8)
     digit = b - np.uint8(ord("0"))  # non-digits wrap to values > 9
     is_sep = (b == _COMMA) | (b == _NEWLINE)
     bad = np.flatnonzero((digit > 9) & ~is_sep)
     if bad.size:
-        _fail_cell(path, raw, offset, body, int(bad[0]), "not an integer")
+        _fail_cell(path, raw, offset, body, int(bad[0]), "not an integer", columns)
     seps = np.flatnonzero(is_sep)  # each cell ends at a separator
     widths = np.empty_like(seps)
     widths[0] = seps[0]
@@ -91,42 +115,43 @@ def _parse_body(path: Path, raw: bytes, offset: int, body: bytes) -> np.ndarray:
     odd = np.flatnonzero((widths == 0) | (widths > 3))
     if odd.size:
         i = int(odd[0])
-        _fail_cell(path, raw, offset, body, int(seps[i] - (widths[i] > 0)), "is empty" if widths[i] == 0 else "too long")
+        problem = "is empty" if widths[i] == 0 else "too long"
+        _fail_cell(path, raw, offset, body, int(seps[i] - (widths[i] > 0)), problem, columns)
     ends_line = np.flatnonzero(b[seps] == _NEWLINE)
     cells_per_row = np.diff(ends_line, prepend=-1)
-    wrong = np.flatnonzero(cells_per_row != len(HEADER))
+    wrong = np.flatnonzero(cells_per_row != len(columns))
     if wrong.size:
         i = int(wrong[0])
         line = _line_of(raw, offset) + i
-        raise DataError(path, f"row has {cells_per_row[i]} columns, expected {len(HEADER)}", line=line)
+        raise DataError(path, f"row has {cells_per_row[i]} columns, expected {len(columns)}", line=line)
     # Decode: units digit just before each separator, tens and hundreds where the cell is wide enough.
     values = digit[seps - 1].astype(np.uint16)
     values += np.where(widths >= 2, digit[np.maximum(seps - 2, 0)], 0).astype(np.uint16) * 10
     values += np.where(widths >= 3, digit[np.maximum(seps - 3, 0)], 0).astype(np.uint16) * 100
-    table = values.reshape(-1, len(HEADER))
-    labels_bad = np.flatnonzero(table[:, 0] > 9)
-    if labels_bad.size:
+    table = values.reshape(-1, len(columns))
+    labels_bad = np.flatnonzero(table[:, 0] > 9) if columns[0] == "label" else []
+    if len(labels_bad):
         r = int(labels_bad[0])
         raise DataError(path, f"label is {table[r, 0]}, expected an integer in 0-9", line=r + 2, column=1)
     r, c = np.unravel_index(int(np.argmax(table > 255)), table.shape)
     if table[r, c] > 255:
-        raise DataError(path, f"{HEADER[c]} is {table[r, c]}, expected an integer in 0-255", line=int(r) + 2, column=int(c) + 1)
+        raise DataError(path, f"{columns[c]} is {table[r, c]}, expected an integer in 0-255", line=int(r) + 2, column=int(c) + 1)
     return table.astype(np.uint8)
 
 
-def _fail_cell(path: Path, raw: bytes, offset: int, body: bytes, pos: int, problem: str) -> None:
+def _fail_cell(path: Path, raw: bytes, offset: int, body: bytes, pos: int, problem: str, columns: list[str] = HEADER) -> None:
     """Raise for the cell that holds byte ``pos`` of ``body`` (or, for an empty cell, ends there), quoting it."""
     if problem == "is empty":
         start = end = pos
         if body[pos] == _NEWLINE and (pos == 0 or body[pos - 1] == _NEWLINE):
-            raise DataError(path, "empty line; expected a row of 785 integers", line=_line_of(raw, offset + pos))
+            raise DataError(path, f"empty line; expected a row of {len(columns)} integers", line=_line_of(raw, offset + pos))
     else:
         start = max(body.rfind(b",", 0, pos), body.rfind(b"\n", 0, pos)) + 1
         end = min(i for i in (body.find(b",", start), body.find(b"\n", start)) if i >= 0)
     line, column = _line_col(raw, offset + start)
-    name = HEADER[column - 1] if column <= len(HEADER) else f"column {column}"
+    name = columns[column - 1] if column <= len(columns) else f"column {column}"
     found = "empty" if start == end else repr(body[start:end].decode("utf-8", errors="replace"))
-    expected = "0-9" if column == 1 else "0-255"
+    expected = "0-9" if name == "label" else "0-255"
     raise DataError(path, f"{name} is {found}, expected an integer in {expected}", line=line, column=column)
 
 

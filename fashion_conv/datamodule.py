@@ -58,7 +58,7 @@ class EpochShuffle(Sampler[int]):
         self.epoch = epoch
 
     def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) % 2**63)
         return iter(torch.randperm(self.n, generator=g).tolist())
 
     def __len__(self) -> int:
@@ -128,6 +128,10 @@ class FashionMNISTDataModule(L.LightningDataModule):
         return self._loader(self.val_set, self.hparams.eval_batch_size)
 
     def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, self.hparams.eval_batch_size)
+
+    def predict_dataloader(self) -> DataLoader:
+        """The test set in file order, as ``(x, y)`` batches; ``predict_step`` ignores ``y``."""
         return self._loader(self.test_set, self.hparams.eval_batch_size)
 
     def _loader(self, dataset: InMemoryImages, batch_size: int, sampler: Sampler | None = None) -> DataLoader:

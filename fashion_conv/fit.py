@@ -6,7 +6,9 @@ as in any Lightning project. Defaults reproduce the notebook: ``cnn``, 5 epochs,
 
 from __future__ import annotations
 
+import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -101,7 +103,7 @@ def build_cli(argv: list[str] | None) -> FashionCLI:
                 DatasetDashboards(),
             ],
         },
-        parser_kwargs={"prog": "python -m fashion_conv.fit", "description": __doc__.splitlines()[0]},
+        parser_kwargs={"prog": "python -m fashion_conv.fit", "description": __doc__.splitlines()[0], "exit_on_error": False},
     )
 
 
@@ -162,10 +164,28 @@ def print_summary(summary: dict) -> None:
     print("\n".join(lines))
 
 
+def short_parse_error(exc: argparse.ArgumentError) -> str:
+    """jsonargparse explains a bad value over many lines; say it in one: option, value, what is allowed."""
+    text = str(exc)
+    match = re.match(r'Parser key "([^"]+)":\s*(.*)', text, re.S)
+    if not match:
+        return text.splitlines()[0]
+    key, rest = match.groups()
+    given = re.search(r"Given value: (.*)", rest)
+    literals = re.findall(r"Expected a typing\.Literal\[(.*?)\]$", rest, re.M)
+    if given and literals:
+        allowed = dict.fromkeys(c.strip(" '") for group in literals for c in group.split(","))
+        return f"--{key}: {given.group(1)!r} is not one of {', '.join(allowed)}"
+    return f"--{key}: {rest.strip().splitlines()[0]}"
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         cli = build_cli(argv)
         summary = train_and_test(cli.trainer, cli.model, cli.datamodule, cli.resume_from, cli.config.seed_everything)
+    except argparse.ArgumentError as exc:
+        print(f"error: {short_parse_error(exc)} (see python -m fashion_conv.fit --help)", file=sys.stderr)
+        return 2
     except (FashionConvError, MisconfigurationException) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -66,6 +66,14 @@ class FashionClassifier(LightningModule):
     def test_step(self, batch, batch_idx: int) -> None:
         self._step(batch, "test")
 
+    def predict_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
+        """Class probabilities (B, num_classes) for ``Trainer.predict``; ``forward`` gives logits.
+
+        A batch is the DataModule's ``(x, y)`` (labels ignored) or a bare ``x`` tensor (B, 1, 28, 28).
+        """
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return self(x).softmax(dim=1)
+
     def on_test_epoch_start(self) -> None:
         self.confusion.reset()
 

@@ -1,0 +1,91 @@
+"""FashionMNISTDataModule: shapes, dtypes, ranges, split sizes and seeds, prepare_data from raw files."""
+
+import functools
+
+import pytest
+import torch
+
+import fashion_conv.datamodule as datamodule_module
+from fashion_conv.prepare import prepare_data
+
+from fashion_conv import CLASS_NAMES, FashionMNISTDataModule
+from fashion_conv.errors import FashionConvError
+
+
+def make(data_dir, **kw) -> FashionMNISTDataModule:
+    dm = FashionMNISTDataModule(data_dir=data_dir, val_size=20, batch_size=16, **kw)
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm
+
+
+def test_batches_shapes_dtypes_ranges(tiny_data_dir):
+    dm = make(tiny_data_dir)
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == (16, 1, 28, 28) and x.dtype == torch.float32
+    assert y.shape == (16,) and y.dtype == torch.int64
+    assert 0.0 <= x.min() and x.max() <= 1.0 and x.max() > 0.9
+    assert set(y.tolist()) <= set(range(10))
+    assert len(CLASS_NAMES) == 10 and dm.class_names[9] == "Ankle boot"
+
+
+def test_split_sizes_cover_the_train_csv_once(tiny_data_dir):
+    dm = make(tiny_data_dir)
+    assert len(dm.train_set) == 100 and len(dm.val_set) == 20
+    seen = sum(len(y) for _, y in dm.train_dataloader())
+    assert seen == 100
+    dm.setup("test")
+    assert len(dm.test_set) == 40 and sum(len(y) for _, y in dm.test_dataloader()) == 40
+
+
+def test_split_is_driven_by_its_seed(tiny_data_dir):
+    def val_images(seed):
+        return make(tiny_data_dir, split_seed=seed).val_set.images
+
+    assert torch.equal(val_images(0), val_images(0))
+    assert not torch.equal(val_images(0), val_images(1))
+
+
+def test_shuffle_depends_on_seed_and_epoch_only(tiny_data_dir):
+    def first_labels(shuffle_seed, epoch):
+        loader = make(tiny_data_dir, shuffle_seed=shuffle_seed).train_dataloader()
+        loader.sampler.set_epoch(epoch)
+        return torch.cat([y for _, y in loader]).tolist()
+
+    assert first_labels(1, 0) == first_labels(1, 0)
+    assert first_labels(1, 0) != first_labels(1, 1)
+    assert first_labels(1, 0) != first_labels(2, 0)
+    assert sorted(first_labels(1, 0)) == sorted(first_labels(2, 3))
+
+
+def test_prepare_data_builds_csvs_from_raw_idx(tiny_idx, tmp_path, monkeypatch):
+    src, specs = tiny_idx
+    # The same code path as the CLI, with the tiny files' specs instead of the official ones.
+    monkeypatch.setattr(datamodule_module, "prepare_data", functools.partial(prepare_data, specs=specs, system_dir=src))
+    (tmp_path / "data").mkdir()
+    dm = make(tmp_path / "data")
+    assert (tmp_path / "data/processed/fashion-mnist-train.csv").is_file()
+    assert len(dm.train_set) == 100
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"batch_size": 0}, "--data.batch_size must be at least 1, got 0"),
+        ({"val_size": -1}, "--data.val_size must be at least 0"),
+    ],
+)
+def test_bad_arguments(kwargs, message):
+    with pytest.raises(FashionConvError, match=message):
+        FashionMNISTDataModule(**kwargs)
+
+
+def test_val_size_larger_than_train_set(tiny_data_dir):
+    dm = FashionMNISTDataModule(data_dir=tiny_data_dir, val_size=500)
+    with pytest.raises(FashionConvError, match="val_size 500 leaves no training images.*has 120 rows"):
+        dm.setup("fit")
+
+
+def test_missing_data_dir(tmp_path):
+    with pytest.raises(FashionConvError, match="does not exist"):
+        FashionMNISTDataModule(data_dir=tmp_path / "nope").prepare_data()

@@ -1,0 +1,141 @@
+"""``python -m fashion_conv.fit`` end to end on tiny data: outputs, TensorBoard, reloads, resume, bad command lines."""
+
+import json
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from fashion_conv import FashionClassifier, load_backbone
+from fashion_conv.fit import main
+
+
+def fit_args(data_dir, root, *extra):
+    return [
+        "--data.data_dir", str(data_dir), "--data.val_size", "20", "--data.batch_size", "16",
+        "--trainer.default_root_dir", str(root), "--trainer.enable_progress_bar", "false",
+        "--trainer.max_epochs", "2", "--trainer.log_every_n_steps", "1", "--model.backbone", "mlp", *extra,
+    ]  # fmt: skip
+
+
+def tensorboard_tags(run_dir) -> dict[str, set]:
+    tags = {"scalars": set(), "images": set(), "tensors": set()}
+    for events in run_dir.glob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events), size_guidance={"images": 0})
+        acc.Reload()
+        for kind in tags:
+            tags[kind] |= set(acc.Tags()[kind])
+    return tags
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """One tiny run shared by the read-only tests below."""
+    from conftest import tiny_arrays
+    from fashion_conv.csvio import write_csv
+
+    tmp = tmp_path_factory.mktemp("run")
+    for split, n, seed in (("train", 120, 1), ("test", 40, 2)):
+        write_csv(tmp / "data" / "processed" / f"fashion-mnist-{split}.csv", *tiny_arrays(n, seed))
+    assert main(fit_args(tmp / "data", tmp)) == 0
+    return tmp, tmp / "lightning_logs" / "mlp" / "version_0"
+
+
+def test_outputs(finished_run):
+    _, run = finished_run
+    names = {p.name for p in run.iterdir()}
+    assert {"metrics.json", "model.pth", "config.yaml", "hparams.yaml", "checkpoints"} <= names
+    ckpts = {p.name for p in (run / "checkpoints").iterdir()}
+    assert "last.ckpt" in ckpts and any(n.startswith("best-epoch=") for n in ckpts)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert {"backbone", "params", "epochs", "val_acc", "test_acc", "train_seconds", "seed"} <= set(metrics)
+    assert metrics["backbone"] == "mlp" and metrics["params"] == 203_530 and metrics["epochs"] == 2
+    assert metrics["seed"] == 42 and 0 <= metrics["test_acc"] <= 1
+    assert "seed_everything: 42" in (run / "config.yaml").read_text()
+
+
+def test_summary_is_printed(tiny_data_dir, tmp_path, capsys):
+    assert main(fit_args(tiny_data_dir, tmp_path, "--trainer.max_epochs", "1")) == 0
+    out = capsys.readouterr().out
+    for piece in ("backbone        mlp (203,530 parameters)", "best val acc", "test acc", "training time", "lightning_logs/mlp/version_0"):
+        assert piece in out
+
+
+def test_tensorboard_run(finished_run):
+    _, run = finished_run
+    tags = tensorboard_tags(run)
+    assert {"train/loss", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc", "model/params"} <= tags["scalars"]
+    assert {"data/train_samples", "data/class_counts_train", "test/confusion_matrix"} <= tags["images"]
+    assert {"hp/val_acc", "hp/test_acc"} <= tags["scalars"]  # hyperparameters logged with the final metrics
+
+
+def test_checkpoint_and_model_pth_reload_on_their_own(finished_run):
+    _, run = finished_run
+    best = next((run / "checkpoints").glob("best-*.ckpt"))
+    raw = torch.load(best, weights_only=True, map_location="cpu")  # no pickled objects inside
+    assert raw["hyper_parameters"]["backbone"] == "mlp"
+    model = FashionClassifier.load_from_checkpoint(best, map_location="cpu", weights_only=True)
+    net = load_backbone(run / "model.pth", "mlp")
+    x = torch.rand(4, 1, 28, 28)
+    assert torch.equal(model.eval()(x), net(x))  # model.pth holds the best checkpoint's weights
+
+
+def test_resume_with_ckpt_path_last(tiny_data_dir, tmp_path, capsys):
+    assert main(fit_args(tiny_data_dir, tmp_path, "--trainer.max_epochs", "1", "--ckpt_path", "last")) == 0
+    assert "starting a fresh run" in capsys.readouterr().err
+    assert main(fit_args(tiny_data_dir, tmp_path, "--trainer.max_epochs", "3", "--ckpt_path", "last")) == 0
+    runs = sorted((tmp_path / "lightning_logs" / "mlp").iterdir())
+    assert [r.name for r in runs] == ["version_0"]  # continued in the same run folder
+    metrics = json.loads((runs[0] / "metrics.json").read_text())
+    assert metrics["epochs"] == 3 and metrics["resumed_from"].endswith("last.ckpt")
+
+
+def test_backbone_by_class_path(tiny_data_dir, tmp_path):
+    assert main(fit_args(tiny_data_dir, tmp_path, "--model.backbone", "nets.TinyNet", "--trainer.max_epochs", "1")) == 0
+    run = tmp_path / "lightning_logs" / "TinyNet" / "version_0"
+    assert json.loads((run / "metrics.json").read_text())["backbone"] == "nets.TinyNet"
+    ckpt = next((run / "checkpoints").glob("best-*.ckpt"))
+    assert type(FashionClassifier.load_from_checkpoint(ckpt, weights_only=True).backbone).__name__ == "TinyNet"
+
+
+def test_print_config_shows_the_notebook_defaults(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--print_config"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for line in ("seed_everything: 42", "max_epochs: 5", "backbone: cnn", "lr: 0.001", "batch_size: 64", "data_dir: data"):
+        assert line in out
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--model.backbone", "resnet"], "unknown backbone 'resnet'; choose one of cnn, cnn5, mlp"),
+        (["--data.batch_size", "0"], "--data.batch_size must be at least 1, got 0"),
+        (["--data.val_size", "1000"], "--data.val_size 1000 leaves no training images"),
+        (["--ckpt_path", "nope.ckpt"], "--ckpt_path nope.ckpt: no such checkpoint file"),
+    ],
+)
+def test_bad_command_lines_give_one_clear_error(tiny_data_dir, tmp_path, capsys, extra, message):
+    assert main(fit_args(tiny_data_dir, tmp_path, *extra)) == 1
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--trainer.precision", "7"], "--trainer.precision: '7' is not one of 64, 32, 16"),
+        (["--data.batch_size", "x"], "--data.batch_size: Expected a <class 'int'>"),
+        (["--no_such_option", "1"], "unrecognized arguments: --no_such_option"),
+    ],
+)
+def test_unparsable_command_lines_give_one_line(tiny_data_dir, tmp_path, capsys, extra, message):
+    assert main(fit_args(tiny_data_dir, tmp_path, *extra)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+
+
+def test_missing_data_dir(tmp_path, capsys):
+    assert main(fit_args(tmp_path / "nope", tmp_path)) == 1
+    assert "does not exist" in capsys.readouterr().err
