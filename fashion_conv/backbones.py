@@ -44,6 +44,9 @@ def build_backbone(name: str, **kwargs) -> nn.Module:
             cls = getattr(importlib.import_module(module_name), attr)
         except (ImportError, AttributeError) as exc:
             raise ValueError(f"cannot import backbone class {name!r}: {exc}") from None
+        # A checkpoint's hyperparameters name this path: call nothing but an nn.Module class (never os.system).
+        if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+            raise ValueError(f"backbone {name!r} is not an nn.Module class")
         return cls(**kwargs)
     raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(list_backbones())} or give a class path like my_pkg.nets.MyNet")
 

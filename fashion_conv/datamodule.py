@@ -10,7 +10,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from fashion_conv.csvio import read_csv
 from fashion_conv.errors import FashionConvError
@@ -48,18 +48,27 @@ def _batch_as_is(batch):
 class EpochShuffle(Sampler[int]):
     """A shuffle whose order depends only on (seed, epoch), so a resumed run sees the same batches.
 
-    Lightning calls ``set_epoch`` before each training epoch.
+    Lightning calls ``set_epoch`` before each training epoch. ``resume_at`` makes the next pass over
+    ``epoch`` start ``offset`` samples in, for a run resumed from a mid-epoch checkpoint.
     """
 
     def __init__(self, n: int, seed: int):
         self.n, self.seed, self.epoch = n, seed, 0
+        self._resume: tuple[int, int] | None = None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def resume_at(self, epoch: int, offset: int) -> None:
+        self._resume = (epoch, offset)
+
     def __iter__(self):
         g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) % 2**63)
-        return iter(torch.randperm(self.n, generator=g).tolist())
+        order = torch.randperm(self.n, generator=g)
+        if self._resume is not None and self._resume[0] == self.epoch:
+            order = order[self._resume[1] :]
+            self._resume = None
+        return iter(order.tolist())
 
     def __len__(self) -> int:
         return self.n
@@ -121,7 +130,12 @@ class FashionMNISTDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         seed = self.hparams.shuffle_seed
         seed = torch.initial_seed() if seed is None else seed
-        sampler = EpochShuffle(len(self.train_set), seed)
+        trainer = self.trainer
+        if trainer is not None and trainer.world_size > 1:
+            # Several processes: each takes its shard of the same (seed, epoch) shuffle.
+            sampler = DistributedSampler(self.train_set, trainer.world_size, trainer.global_rank, shuffle=True, seed=seed % 2**63)
+        else:
+            sampler = EpochShuffle(len(self.train_set), seed)
         return self._loader(self.train_set, self.hparams.batch_size, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import signal
 import sys
 import time
 from pathlib import Path
@@ -20,8 +21,10 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from fashion_conv.atomic import atomic_path, atomic_write_text
+from fashion_conv.checkpoints import AtomicCheckpointIO, GracefulStop, safe_load
 from fashion_conv.dashboards import DatasetDashboards
 from fashion_conv.datamodule import FashionMNISTDataModule
 from fashion_conv.errors import FashionConvError
@@ -64,14 +67,16 @@ class FashionCLI(LightningCLI):
                 self.version = self.resume_from.parent.parent.name
         elif ckpt:
             self.resume_from = Path(ckpt)
-            if not self.resume_from.is_file():
-                raise FashionConvError(f"--ckpt_path {ckpt}: no such checkpoint file")
+        if self.resume_from is not None:
+            safe_load(self.resume_from)  # a broken or unsafe file is an error here, never a silent fresh start
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         if self.config.trainer.logger in (None, True):  # the default: one TensorBoard folder per backbone
             kwargs["logger"] = TensorBoardLogger(
                 save_dir=self.runs_dir.parent, name=self.runs_dir.name, version=self.version, default_hp_metric=False
             )
+        if self.config.trainer.plugins is None:  # a kill mid-save must not leave a truncated checkpoint
+            kwargs["plugins"] = [AtomicCheckpointIO()]
         return super().instantiate_trainer(**kwargs)
 
 
@@ -93,14 +98,15 @@ def build_cli(argv: list[str] | None) -> FashionCLI:
         trainer_defaults={
             "max_epochs": 5,
             "callbacks": [
+                # First (trainer.checkpoint_callback): the best epoch by validation accuracy, tested at the end.
                 ModelCheckpoint(
-                    monitor="val/acc",
-                    mode="max",
-                    save_last=True,
-                    filename="best-epoch={epoch}-val_acc={val/acc:.4f}",
-                    auto_insert_metric_name=False,
+                    monitor="val/acc", mode="max", filename="best-epoch={epoch}-val_acc={val/acc:.4f}", auto_insert_metric_name=False
                 ),
+                # checkpoints/last.ckpt after every epoch, for --ckpt_path last. (Lightning 2.6's save_last=True
+                # skips epochs that did not improve the monitored metric.)
+                ModelCheckpoint(filename="last", enable_version_counter=False),
                 DatasetDashboards(),
+                GracefulStop(),
             ],
         },
         parser_kwargs={"prog": "python -m fashion_conv.fit", "description": __doc__.splitlines()[0], "exit_on_error": False},
@@ -110,11 +116,11 @@ def build_cli(argv: list[str] | None) -> FashionCLI:
 def train_and_test(trainer: Trainer, model: LightningModule, data: LightningDataModule, ckpt_path: Path | None, seed: Any) -> dict:
     """Fit, test the best checkpoint on the official test set, write ``metrics.json`` and ``model.pth``."""
     start = time.perf_counter()
-    trainer.fit(model, datamodule=data, ckpt_path=ckpt_path)
+    trainer.fit(model, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
     train_seconds = time.perf_counter() - start
     checkpoint = trainer.checkpoint_callback
     best = checkpoint.best_model_path if checkpoint and checkpoint.best_model_path else None
-    tested = trainer.test(model, datamodule=data, ckpt_path=best or None, verbose=False)[0]
+    tested = trainer.test(model, datamodule=data, ckpt_path=best or None, verbose=False, weights_only=True)[0]
     summary = {
         "backbone": model.hparams.backbone,
         "params": model.num_params,
@@ -136,7 +142,7 @@ def train_and_test(trainer: Trainer, model: LightningModule, data: LightningData
 
 
 def _write_outputs(trainer: Trainer, model: FashionClassifier, summary: dict) -> None:
-    run_dir = Path(trainer.log_dir or trainer.default_root_dir)
+    run_dir = Path(summary["run_dir"] or trainer.default_root_dir)  # trainer.log_dir is collective under DDP
     atomic_write_text(run_dir / "metrics.json", json.dumps(summary, indent=2) + "\n")
     with atomic_path(run_dir / "model.pth") as tmp:
         torch.save({k: v.cpu() for k, v in model.backbone.state_dict().items()}, tmp)
@@ -189,8 +195,13 @@ def main(argv: list[str] | None = None) -> int:
     except (FashionConvError, MisconfigurationException) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except SIGTERMException:
+        print("Stopped by SIGTERM; checkpoints/last.ckpt is saved: resume with --ckpt_path last.", file=sys.stderr)
+        return 128 + signal.SIGTERM
     if cli.trainer.is_global_zero:
         print_summary(summary)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()  # a clean exit for every process of a DDP run
     return 0
 
 

@@ -51,7 +51,7 @@ class FashionClassifier(LightningModule):
         acc(logits, y)
         # Training loss per step (the notebook's curve); accuracies and eval losses per epoch.
         train = stage == "train"
-        self.log(f"{stage}/loss", loss, on_step=train, on_epoch=not train, prog_bar=True, batch_size=len(y))
+        self.log(f"{stage}/loss", loss, on_step=train, on_epoch=not train, prog_bar=True, batch_size=len(y), sync_dist=not train)
         self.log(f"{stage}/acc", acc, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
         if stage == "test":
             self.confusion.update(logits, y)

@@ -1,5 +1,10 @@
 """A user's own backbone, for the class-path tests: any nn.Module with the (B,1,28,28) -> (B,10) contract."""
 
+import os
+import time
+from pathlib import Path
+
+from lightning import Callback
 from torch import nn
 
 
@@ -10,3 +15,15 @@ class TinyNet(nn.Module):
 
     def forward(self, x):
         return self.net(x)
+
+
+class PauseAt(Callback):
+    """Test helper: at (epoch, batch) write ``marker`` and sleep, so a test can kill the process mid-epoch."""
+
+    def __init__(self, epoch: int, batch: int, marker: str, seconds: float = 120.0):
+        self.epoch, self.batch, self.marker, self.seconds = epoch, batch, Path(marker), seconds
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if (trainer.current_epoch, batch_idx) == (self.epoch, self.batch):
+            self.marker.write_text(str(os.getpid()))
+            time.sleep(self.seconds)

@@ -48,6 +48,14 @@ def test_class_path_builds_any_module():
         build_backbone("no_such_pkg.Net")
 
 
+def test_class_path_must_be_a_module_class(tmp_path):
+    # A checkpoint's hyperparameters name the backbone: a crafted one must not get to call anything else.
+    marker = tmp_path / "ran"
+    with pytest.raises(ValueError, match="'os.system' is not an nn.Module class"):
+        build_backbone("os.system", command=f"touch {marker}")
+    assert not marker.exists()
+
+
 def test_duplicate_registration_is_refused():
     with pytest.raises(ValueError, match="already registered"):
         register_backbone("cnn")(nn.Identity)

@@ -1,0 +1,102 @@
+"""Checkpoints: written atomically, read only with ``weights_only=True``, and written on SIGTERM before exiting."""
+
+from __future__ import annotations
+
+import pickle
+import signal
+import threading
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning import Callback, LightningModule, Trainer
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from fashion_conv.atomic import atomic_path
+from fashion_conv.errors import FashionConvError
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's torch checkpoint IO, but a kill mid-write never leaves a truncated ``.ckpt`` behind."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        with atomic_path(path) as tmp:
+            super().save_checkpoint(checkpoint, tmp, storage_options)
+
+
+def safe_load(path: str | Path, what: str = "checkpoint") -> dict:
+    """``torch.load(path, weights_only=True)`` with one clear error for a missing, broken or unsafe file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FashionConvError(f"{path}: no such {what} file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # weights_only refuses anything that would run code or build arbitrary objects; nothing was executed.
+        first = str(exc).strip().splitlines()[0]
+        raise FashionConvError(f"{path}: refused to load {what}: it holds more than tensors and plain values ({first})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise FashionConvError(f"{path}: {what} is truncated or corrupted ({first})") from None
+
+
+class GracefulStop(Callback):
+    """On SIGTERM (what schedulers send), write ``last.ckpt`` before the next batch and exit with 143.
+
+    The checkpoint records how many batches of the epoch were done; on resume the shuffle skips exactly
+    those, so the run continues as if it had never stopped. (Lightning's own SIGTERM handling finishes
+    the epoch, or aborts validation and loses it, before stopping.)
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._resume: tuple[int, int] | None = None
+        self._previous_handler = None
+
+    def _on_sigterm(self, signum, frame) -> None:
+        self.requested = True
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
+        if self._resume is not None:
+            epoch, batches = self._resume
+            sampler = getattr(trainer.train_dataloader, "sampler", None)
+            if not hasattr(sampler, "resume_at"):
+                raise FashionConvError("this checkpoint was written mid-epoch; resuming it needs FashionMNISTDataModule's sampler")
+            sampler.resume_at(epoch, batches * trainer.train_dataloader.batch_size)
+            self._resume = None
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch, batch_idx: int) -> None:
+        if self.requested:
+            self._stopping_at = (trainer.current_epoch, batch_idx)
+            trainer.save_checkpoint(self.last_path(trainer))
+            raise SIGTERMException
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._restore_handler()
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        self._restore_handler()
+
+    def _restore_handler(self) -> None:
+        if self._previous_handler is not None:
+            signal.signal(signal.SIGTERM, self._previous_handler)
+            self._previous_handler = None
+
+    @staticmethod
+    def last_path(trainer: Trainer) -> Path:
+        for callback in trainer.checkpoint_callbacks:
+            if callback.filename == "last" and callback.dirpath:
+                return Path(callback.dirpath) / "last.ckpt"
+        return Path(trainer.default_root_dir) / "last.ckpt"
+
+    def state_dict(self) -> dict[str, Any]:
+        stopping = getattr(self, "_stopping_at", None)
+        return {"mid_epoch": list(stopping) if stopping else None}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        mid = state_dict.get("mid_epoch")
+        self._resume = tuple(mid) if mid else None
