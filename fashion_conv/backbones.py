@@ -9,11 +9,14 @@ This file imports torch only (no Lightning), so a trained ``model.pth`` can be s
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from fashion_conv.errors import FashionConvError
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
@@ -55,19 +58,50 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def load_backbone(path: str | Path, name: str, map_location: str | torch.device = "cpu", **kwargs) -> nn.Module:
-    """Rebuild backbone ``name`` and load a ``model.pth`` state dict into it (``weights_only=True``), in eval mode."""
+def load_backbone(path: str | Path, name: str, **kwargs) -> nn.Module:
+    """Rebuild backbone ``name`` from a ``model.pth`` state dict (``weights_only=True``), in eval mode, on CPU."""
+    return into_backbone(read_weights_file(path), name, kwargs, path)
+
+
+def read_weights_file(path: str | Path) -> dict:
+    """``torch.load(path, weights_only=True)`` on CPU, with errors a person can act on."""
+    path = Path(path)
+    if not path.exists():
+        raise FashionConvError(f"{path}: no such file")
+    if path.is_dir():
+        raise FashionConvError(f"{path}: is a folder, expected a .ckpt or .pth file")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as exc:  # truncated file, or a pickle that asks for code: refused, never run
-        raise ValueError(f"{path}: not a loadable weights file ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
-    model = build_backbone(name, **kwargs)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except PermissionError:
+        raise FashionConvError(f"{path}: not readable (permission denied)") from None
+    except Exception as exc:  # torch reports bad files with many exception types
+        blocked = re.search(r"GLOBAL (\S+)", str(exc))
+        if blocked:
+            raise FashionConvError(
+                f"{path}: refused: loading it would run Python code ({blocked.group(1)}), so it is not plain weights; "
+                "fashion_conv loads tensors only (torch.load weights_only=True)"
+            ) from None
+        raise FashionConvError(f"{path}: not a PyTorch weights file, or a damaged one ({type(exc).__name__})") from None
+    if not isinstance(state, dict):
+        raise FashionConvError(f"{path}: holds a {type(state).__name__}, expected a state dict or a Lightning checkpoint")
+    return state
+
+
+def into_backbone(state: dict, name: str, kwargs: dict, path: str | Path) -> nn.Module:
+    """Build backbone ``name`` and load ``state`` into it, in eval mode; a mismatch is one clear error."""
+    try:
+        model = build_backbone(name, **kwargs)
+    except (ValueError, TypeError) as exc:
+        raise FashionConvError(f"{path}: cannot build backbone {name!r}: {exc}") from None
     try:
         model.load_state_dict(state)
-    except (RuntimeError, TypeError, AttributeError) as exc:
-        raise ValueError(f"{path}: weights do not fit backbone {name!r}: {str(exc).splitlines()[0]}") from None
+    except RuntimeError as exc:
+        missing = len(set(model.state_dict()) - set(state))
+        unexpected = len(set(state) - set(model.state_dict()))
+        detail = f"{missing} tensors missing, {unexpected} unexpected" if missing or unexpected else "tensor shapes differ"
+        raise FashionConvError(
+            f"{path}: weights do not fit backbone {name!r} ({detail}); was it trained with another backbone or options?"
+        ) from None
     return model.eval()
 
 

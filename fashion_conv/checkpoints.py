@@ -1,11 +1,9 @@
-"""Checkpoints: written atomically, read only with ``weights_only=True``, and written on SIGTERM before exiting."""
+"""Checkpoints: written atomically, and written on SIGTERM before the process exits."""
 
 from __future__ import annotations
 
-import pickle
 import signal
 import threading
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -24,22 +22,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         with atomic_path(path) as tmp:
             super().save_checkpoint(checkpoint, tmp, storage_options)
-
-
-def safe_load(path: str | Path, what: str = "checkpoint") -> dict:
-    """``torch.load(path, weights_only=True)`` with one clear error for a missing, broken or unsafe file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FashionConvError(f"{path}: no such {what} file")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        # weights_only refuses anything that would run code or build arbitrary objects; nothing was executed.
-        first = str(exc).strip().splitlines()[0]
-        raise FashionConvError(f"{path}: refused to load {what}: it holds more than tensors and plain values ({first})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise FashionConvError(f"{path}: {what} is truncated or corrupted ({first})") from None
 
 
 class GracefulStop(Callback):

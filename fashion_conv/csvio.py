@@ -15,6 +15,7 @@ import pandas as pd
 from fashion_conv.atomic import atomic_path
 from fashion_conv.errors import DataError
 
+CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 N_PIXELS = 28 * 28
 HEADER = ["label"] + [f"pixel{i}" for i in range(1, N_PIXELS + 1)]
 PIXEL_HEADER = HEADER[1:]  # images without labels: a file to predict on

@@ -11,7 +11,7 @@ import torch
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from fashion_conv.datamodule import CLASS_NAMES
+from fashion_conv.csvio import CLASS_NAMES
 
 
 def _writer(trainer: Trainer):

@@ -12,11 +12,10 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from fashion_conv.csvio import read_csv
+from fashion_conv.csvio import CLASS_NAMES, read_csv
 from fashion_conv.errors import FashionConvError
 from fashion_conv.prepare import csv_paths, prepare_data
 
-CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 
 
 class InMemoryImages(Dataset):

@@ -24,7 +24,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from fashion_conv.atomic import atomic_path, atomic_write_text
-from fashion_conv.checkpoints import AtomicCheckpointIO, GracefulStop, safe_load
+from fashion_conv.backbones import read_weights_file
+from fashion_conv.checkpoints import AtomicCheckpointIO, GracefulStop
 from fashion_conv.dashboards import DatasetDashboards
 from fashion_conv.datamodule import FashionMNISTDataModule
 from fashion_conv.errors import FashionConvError
@@ -68,7 +69,7 @@ class FashionCLI(LightningCLI):
         elif ckpt:
             self.resume_from = Path(ckpt)
         if self.resume_from is not None:
-            safe_load(self.resume_from)  # a broken or unsafe file is an error here, never a silent fresh start
+            read_weights_file(self.resume_from)  # a broken or unsafe file is an error here, never a silent fresh start
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         if self.config.trainer.logger in (None, True):  # the default: one TensorBoard folder per backbone

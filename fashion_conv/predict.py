@@ -22,9 +22,8 @@ import torch
 from PIL import Image, ImageOps
 from torch import nn
 
-from fashion_conv.backbones import build_backbone, list_backbones
-from fashion_conv.csvio import read_images_csv
-from fashion_conv.datamodule import CLASS_NAMES
+from fashion_conv.backbones import into_backbone, list_backbones, read_weights_file
+from fashion_conv.csvio import CLASS_NAMES, read_images_csv
 from fashion_conv.errors import DataError, FashionConvError
 
 SIDE = 28
@@ -33,30 +32,6 @@ TRIM_LEVEL = 0.05 * 255  # Fashion-MNIST trimmed edges within 5% of the backgrou
 
 
 # ---- the model: a checkpoint or a model.pth, loaded as tensors only ----
-
-
-def read_weights_file(path: str | Path) -> dict:
-    """``torch.load(path, weights_only=True)`` on CPU, with errors a person can act on."""
-    path = Path(path)
-    if not path.exists():
-        raise FashionConvError(f"{path}: no such file")
-    if path.is_dir():
-        raise FashionConvError(f"{path}: is a folder, expected a .ckpt or .pth file")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except PermissionError:
-        raise FashionConvError(f"{path}: not readable (permission denied)") from None
-    except Exception as exc:  # torch reports bad files with many exception types
-        blocked = re.search(r"GLOBAL (\S+)", str(exc))
-        if blocked:
-            raise FashionConvError(
-                f"{path}: refused: loading it would run Python code ({blocked.group(1)}), so it is not plain weights; "
-                "fashion_conv loads tensors only (torch.load weights_only=True)"
-            ) from None
-        raise FashionConvError(f"{path}: not a PyTorch weights file, or a damaged one ({type(exc).__name__})") from None
-    if not isinstance(state, dict):
-        raise FashionConvError(f"{path}: holds a {type(state).__name__}, expected a state dict or a Lightning checkpoint")
-    return state
 
 
 def load_model(checkpoint: str | Path | None = None, weights: str | Path | None = None, backbone: str | None = None) -> nn.Module:
@@ -73,7 +48,7 @@ def load_model(checkpoint: str | Path | None = None, weights: str | Path | None 
         state = read_weights_file(weights)
         if "state_dict" in state and "hyper_parameters" in state:
             raise FashionConvError(f"{weights}: is a Lightning checkpoint; pass it as --checkpoint {weights}")
-        return _into_backbone(state, backbone, {}, weights)
+        return into_backbone(state, backbone, {}, weights)
     ckpt = read_weights_file(checkpoint)
     hparams, state = ckpt.get("hyper_parameters"), ckpt.get("state_dict")
     if not isinstance(state, dict) or not isinstance(hparams, dict) or not isinstance(hparams.get("backbone"), str):
@@ -89,24 +64,7 @@ def load_model(checkpoint: str | Path | None = None, weights: str | Path | None 
         )
     prefix = "backbone."
     backbone_state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-    return _into_backbone(backbone_state, name, hparams.get("backbone_kwargs") or {}, checkpoint)
-
-
-def _into_backbone(state: dict, name: str, kwargs: dict, path: str | Path) -> nn.Module:
-    try:
-        model = build_backbone(name, **kwargs)
-    except (ValueError, TypeError) as exc:
-        raise FashionConvError(f"{path}: cannot build backbone {name!r}: {exc}") from None
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        missing = len(set(model.state_dict()) - set(state))
-        unexpected = len(set(state) - set(model.state_dict()))
-        detail = f"{missing} tensors missing, {unexpected} unexpected" if missing or unexpected else "tensor shapes differ"
-        raise FashionConvError(
-            f"{path}: weights do not fit backbone {name!r} ({detail}); was it trained with another backbone or options?"
-        ) from None
-    return model.eval()
+    return into_backbone(backbone_state, name, hparams.get("backbone_kwargs") or {}, checkpoint)
 
 
 # ---- images: made to look like Fashion-MNIST ----

@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+from fashion_conv.errors import FashionConvError
 from fashion_conv.backbones import build_backbone, count_parameters, list_backbones, load_backbone, register_backbone
 
 NOTEBOOK_PARAMS = {"mlp": 203_530, "cnn": 421_642, "cnn5": 63_562}
@@ -67,5 +68,5 @@ def test_load_backbone_round_trip(tmp_path):
     loaded = load_backbone(tmp_path / "model.pth", "cnn5")
     x = torch.rand(2, 1, 28, 28)
     assert torch.equal(loaded(x), net.eval()(x))
-    with pytest.raises(ValueError, match="do not fit backbone 'mlp'"):
+    with pytest.raises(FashionConvError, match="do not fit backbone 'mlp'"):
         load_backbone(tmp_path / "model.pth", "mlp")

@@ -113,7 +113,7 @@ def test_print_config_shows_the_notebook_defaults(capsys):
         (["--model.backbone", "resnet"], "unknown backbone 'resnet'; choose one of cnn, cnn5, mlp"),
         (["--data.batch_size", "0"], "--data.batch_size must be at least 1, got 0"),
         (["--data.val_size", "1000"], "--data.val_size 1000 leaves no training images"),
-        (["--ckpt_path", "nope.ckpt"], "nope.ckpt: no such checkpoint file"),
+        (["--ckpt_path", "nope.ckpt"], "nope.ckpt: no such file"),
     ],
 )
 def test_bad_command_lines_give_one_clear_error(tiny_data_dir, tmp_path, capsys, extra, message):

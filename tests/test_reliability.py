@@ -18,6 +18,7 @@ from conftest import REPO
 from fashion_conv.backbones import load_backbone
 from fashion_conv.checkpoints import AtomicCheckpointIO
 from fashion_conv.csvio import read_csv
+from fashion_conv.errors import FashionConvError
 from fashion_conv.fit import main
 
 pytestmark = pytest.mark.slow
@@ -145,9 +146,9 @@ def test_pickled_code_is_refused_and_never_runs(reference, tmp_path, capsys):
     torch.save({"state_dict": {}, "x": Payload(marker)}, evil)
     assert main(fit_args(data, tmp_path, "--ckpt_path", str(evil))) == 1
     err = capsys.readouterr().err
-    assert f"{evil}: refused to load checkpoint" in err and "Traceback" not in err
+    assert f"{evil}: refused: loading it would run Python code" in err and "Traceback" not in err
     torch.save(Payload(marker), tmp_path / "model.pth")
-    with pytest.raises(ValueError, match="not a loadable weights file"):
+    with pytest.raises(FashionConvError, match="refused: loading it would run Python code"):
         load_backbone(tmp_path / "model.pth", "cnn5")
     assert not marker.exists()
 
@@ -159,9 +160,9 @@ def test_truncated_last_checkpoint_is_an_error_not_a_fresh_start(reference, tmp_
     last.write_bytes(last.read_bytes()[:5000])
     assert main(fit_args(data, tmp_path, "--ckpt_path", "last")) == 1
     err = capsys.readouterr().err
-    assert f"{last}: checkpoint is truncated or corrupted" in err
+    assert f"{last}: not a PyTorch weights file, or a damaged one" in err
     (run_dir(tmp_path) / "model.pth").write_bytes(b"PK\x03\x04garbage")
-    with pytest.raises(ValueError, match="not a loadable weights file"):
+    with pytest.raises(FashionConvError, match="not a PyTorch weights file, or a damaged one"):
         load_backbone(run_dir(tmp_path) / "model.pth", "cnn5")
 
 
