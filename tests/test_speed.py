@@ -1,0 +1,77 @@
+"""The fast paths compute what the plain path computes, and the benchmark reports every figure (never how fast)."""
+
+import re
+
+import pytest
+import torch
+
+from fashion_conv import FashionClassifier, FashionMNISTDataModule, build_backbone, list_backbones
+from fashion_conv.bench import main as bench_main
+from fashion_conv.datamodule import InMemoryImages
+
+
+@pytest.mark.parametrize("name", list_backbones())
+def test_channels_last_gives_the_same_logits_and_gradients(name):
+    torch.manual_seed(0)
+    plain = FashionClassifier(backbone=name, channels_last=False)
+    fast = FashionClassifier(backbone=name, channels_last=True)
+    fast.load_state_dict(plain.state_dict())
+    x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    out_plain, out_fast = plain(x), fast(x)
+    assert torch.allclose(out_plain, out_fast, atol=1e-5)
+    torch.nn.functional.cross_entropy(out_plain, y).backward()
+    torch.nn.functional.cross_entropy(out_fast, y).backward()
+    for (k, p), q in zip(plain.named_parameters(), fast.parameters()):
+        assert torch.allclose(p.grad, q.grad, atol=1e-5), k
+
+
+def test_bf16_autocast_agrees_with_fp32():
+    torch.manual_seed(0)
+    net = build_backbone("cnn").eval()
+    x = torch.rand(256, 1, 28, 28)
+    with torch.no_grad():
+        full = net(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            half = net(x).float()
+    assert torch.allclose(full, half, rtol=0.05, atol=0.05)
+    assert (full.argmax(1) == half.argmax(1)).float().mean() > 0.95
+
+
+def test_batch_slicing_equals_per_sample_indexing():
+    images = torch.randint(0, 256, (50, 1, 28, 28), dtype=torch.uint8)
+    labels = torch.randint(0, 10, (50,))
+    data = InMemoryImages(images, labels)
+    idx = [3, 17, 0, 49, 17]
+    x, y = data.__getitems__(idx)
+    assert torch.equal(x, torch.stack([data[i][0] for i in idx])) and torch.equal(y, labels[idx])
+    assert x.dtype == torch.float32 and x.max() <= 1.0
+    assert data.to(torch.device("cpu")) is data  # on the CPU the data already lives where it trains
+
+
+def test_data_on_device_keeps_batches_identical(tiny_data_dir):
+    import lightning as L
+
+    batches = []
+    for on_device in (True, False):
+        dm = FashionMNISTDataModule(tiny_data_dir, val_size=20, batch_size=16, shuffle_seed=3, data_on_device=on_device)
+        dm.trainer = L.Trainer(accelerator="cpu", logger=False)
+        dm.setup("fit")
+        batches.append(next(iter(dm.train_dataloader())))
+    assert torch.equal(batches[0][0], batches[1][0]) and torch.equal(batches[0][1], batches[1][1])
+
+
+@pytest.mark.slow
+def test_benchmark_reports_every_figure(tiny_data_dir, capsys):
+    args = ["--backbones", "mlp", "--repeats", "1", "--train-size", "100", "--val-size", "20", "--scale", "40,80",
+            "--data-dir", str(tiny_data_dir)]  # fmt: skip
+    assert bench_main(args) == 0
+    out = capsys.readouterr().out
+    assert "machine: CPU" in out
+    for variant in ("reference", "fit", "fit-fast"):
+        row = re.search(rf"^mlp\s+{variant}\s+([\d.]+)\s+([\d,]+)\s+(\d+)\s+([\d.]+)\s*(.*)$", out, re.M)
+        assert row, f"no row for {variant}:\n{out}"
+        seconds, per_second, peak, acc, ratio = row.groups()
+        assert float(seconds) > 0 and int(per_second.replace(",", "")) > 0 and int(peak) > 0 and 0 <= float(acc) <= 1
+        assert ratio.endswith("x time")
+    assert re.search(r"cold parse of the train CSV [\d.]+ s, warm start from the cache [\d.]+ s", out)
+    assert len(re.findall(r"^scale: mlp fit, \d+ training images", out, re.M)) == 2
