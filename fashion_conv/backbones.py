@@ -148,3 +148,46 @@ class CNN5(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.conv(x))
+
+
+@register_backbone("convnet")
+class ConvNet(nn.Module):
+    """A configurable CNN for controlled ablations; the defaults build exactly ``cnn`` (421,642 parameters).
+
+    One block per entry of ``channels``: a ``kernel_size`` x ``kernel_size`` conv with 'same' padding, ReLU and a
+    2x2 pool (``pooling``: ``max``, ``avg`` or ``none``). Then FC -> ``hidden`` -> ReLU -> classes, or straight to the
+    classes when ``hidden`` is 0. 'Same' padding keeps the feature maps, and so the FC head, independent of the
+    kernel size: changing only ``kernel_size`` changes only the conv weights.
+    """
+
+    def __init__(
+        self,
+        kernel_size: int = 3,
+        channels: tuple[int, ...] | list[int] = (32, 64),
+        pooling: str = "max",
+        hidden: int = 128,
+        num_classes: int = 10,
+    ):
+        super().__init__()
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd and positive ('same' padding), got {kernel_size}")
+        pools = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d, "none": None}
+        if pooling not in pools:
+            raise ValueError(f"pooling must be one of {', '.join(pools)}, got {pooling!r}")
+        if not channels or min(channels) < 1:
+            raise ValueError(f"channels must be a non-empty list of positive counts, got {channels!r}")
+        layers: list[nn.Module] = []
+        in_channels, size = 1, 28
+        for out_channels in channels:
+            layers += [nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2), nn.ReLU()]
+            if pools[pooling] is not None:
+                layers.append(pools[pooling](2))
+                size //= 2  # (B, C, size, size) after this block
+            in_channels = out_channels
+        self.conv = nn.Sequential(*layers)
+        features = in_channels * size * size
+        head = [nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, num_classes)] if hidden else [nn.Linear(features, num_classes)]
+        self.fc = nn.Sequential(nn.Flatten(), *head)  # (B, C, size, size) -> (B, C*size*size) -> (B, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv(x))

@@ -35,8 +35,14 @@ class InMemoryImages(Dataset):
         return self.images[i].float().div_(255), self.labels[i]
 
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = torch.as_tensor(indices)
+        idx = torch.as_tensor(indices, device=self.images.device)
         return self.images[idx].float().div_(255), self.labels[idx]
+
+    def to(self, device: torch.device) -> InMemoryImages:
+        """The same images on ``device``: on a GPU the batches are then cut there, with no copy per step."""
+        if self.images.device == device:
+            return self
+        return InMemoryImages(self.images.to(device), self.labels.to(device))
 
 
 def _batch_as_is(batch):
@@ -85,6 +91,12 @@ class FashionMNISTDataModule(L.LightningDataModule):
         eval_batch_size: batch size for validation and test (no gradients, so larger is faster).
         num_workers: DataLoader workers; 0 is right for in-memory data.
         download: allow a download from the official mirror when no local copy is found.
+        data_on_device: keep the images on the training device (a GPU), so batches are cut there without a
+            host-to-device copy per step; with ``num_workers > 0`` they stay on the host.
+        train_size: train on only the first N images of the shuffled training split (the validation split is
+            taken first, so it does not change); ``None`` uses all of it.
+        pixel_permutation_seed: shuffle the 784 pixels of every train, validation and test image by one fixed
+            permutation drawn from this seed (destroys spatial structure, keeps pixel values); ``None``: no shuffle.
     """
 
     def __init__(
@@ -97,15 +109,21 @@ class FashionMNISTDataModule(L.LightningDataModule):
         eval_batch_size: int = 1000,
         num_workers: int = 0,
         download: bool = True,
+        data_on_device: bool = True,
+        train_size: int | None = None,
+        pixel_permutation_seed: int | None = None,
     ):
         super().__init__()
         for name, value, low in (("batch_size", batch_size, 1), ("eval_batch_size", eval_batch_size, 1), ("val_size", val_size, 0)):
             if value < low:
                 raise FashionConvError(f"--data.{name} must be at least {low}, got {value}")
+        if train_size is not None and train_size < 1:
+            raise FashionConvError(f"--data.train_size must be at least 1, got {train_size}")
         self.save_hyperparameters()
         self.data_dir = Path(data_dir)
         self.class_names = CLASS_NAMES
         self.train_set = self.val_set = self.test_set = None
+        self.pixel_permutation: torch.Tensor | None = None  # (784,), set by setup() when pixel_permutation_seed is given
 
     def prepare_data(self) -> None:
         if not self.data_dir.is_dir():
@@ -115,16 +133,30 @@ class FashionMNISTDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         paths = csv_paths(self.data_dir)
         if stage in (None, "fit", "validate") and self.train_set is None:
-            images, labels = _load(paths["train"])
+            images, labels = self._load_split(paths["train"])
             n_val = self.hparams.val_size
             if n_val >= len(labels):
                 raise FashionConvError(f"--data.val_size {n_val} leaves no training images: {paths['train']} has {len(labels)} rows")
             order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.hparams.split_seed))
             train_idx, val_idx = order[n_val:], order[:n_val]
+            n_train = self.hparams.train_size
+            if n_train is not None:
+                if n_train > len(train_idx):
+                    raise FashionConvError(f"--data.train_size {n_train} is more than the {len(train_idx)} images left after validation")
+                train_idx = train_idx[:n_train]
             self.train_set = InMemoryImages(images[train_idx], labels[train_idx])
             self.val_set = InMemoryImages(images[val_idx], labels[val_idx])
         if stage in (None, "test", "predict") and self.test_set is None:
-            self.test_set = InMemoryImages(*_load(paths["test"]))
+            self.test_set = InMemoryImages(*self._load_split(paths["test"]))
+
+    def _load_split(self, csv_path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+        """``_load``, then the fixed pixel permutation when ``pixel_permutation_seed`` is set (same for every split)."""
+        images, labels = _load(csv_path)
+        seed = self.hparams.pixel_permutation_seed
+        if seed is not None:
+            self.pixel_permutation = pixel_permutation(seed)
+            images = permute_pixels(images, self.pixel_permutation)
+        return images, labels
 
     def train_dataloader(self) -> DataLoader:
         seed = self.hparams.shuffle_seed
@@ -148,6 +180,9 @@ class FashionMNISTDataModule(L.LightningDataModule):
         return self._loader(self.test_set, self.hparams.eval_batch_size)
 
     def _loader(self, dataset: InMemoryImages, batch_size: int, sampler: Sampler | None = None) -> DataLoader:
+        trainer = self.trainer
+        if self.hparams.data_on_device and self.hparams.num_workers == 0 and trainer is not None:
+            dataset = dataset.to(trainer.strategy.root_device)  # 47 MB of uint8 for the train split
         return DataLoader(
             dataset,
             batch_size=batch_size,
@@ -164,3 +199,13 @@ def _load(csv_path: Path) -> tuple[torch.Tensor, torch.Tensor]:
         raise FashionConvError(f"{csv_path} not found; run `python -m fashion_conv.prepare` or let prepare_data() build it")
     labels, images = read_csv(csv_path)
     return torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels).long()
+
+
+def pixel_permutation(seed: int, num_pixels: int = 28 * 28) -> torch.Tensor:
+    """A fixed permutation of the pixel positions (num_pixels,), a function of ``seed`` only."""
+    return torch.randperm(num_pixels, generator=torch.Generator().manual_seed(seed))
+
+
+def permute_pixels(images: torch.Tensor, permutation: torch.Tensor) -> torch.Tensor:
+    """Images (N, C, H, W) with their H*W pixels reordered: output pixel i is input pixel ``permutation[i]``."""
+    return images.flatten(2)[:, :, permutation].reshape(images.shape)

@@ -18,7 +18,7 @@ from typing import Any, Optional
 import torch
 from lightning import LightningDataModule, LightningModule, Trainer
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -32,6 +32,7 @@ from fashion_conv.errors import FashionConvError
 from fashion_conv.module import FashionClassifier
 
 SEED = 42
+PROGRESS_REFRESH_STEPS = 25
 
 
 def run_name(backbone: str) -> str:
@@ -78,6 +79,11 @@ class FashionCLI(LightningCLI):
             )
         if self.config.trainer.plugins is None:  # a kill mid-save must not leave a truncated checkpoint
             kwargs["plugins"] = [AtomicCheckpointIO()]
+        callbacks = self._get(self.config_init, "trainer").get("callbacks") or []
+        callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
+        if self.config.trainer.enable_progress_bar is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
+            # Lightning's bar redraws every step, which costs as much as an MLP step on CPU.
+            kwargs["callbacks"] = [*callbacks, TQDMProgressBar(refresh_rate=PROGRESS_REFRESH_STEPS)]
         return super().instantiate_trainer(**kwargs)
 
 

@@ -38,7 +38,7 @@ def test_state_dict_keys_match_the_notebook():
 
 
 def test_unknown_name_lists_the_valid_ones():
-    with pytest.raises(ValueError, match="unknown backbone 'resnet'.*cnn, cnn5, mlp"):
+    with pytest.raises(ValueError, match="unknown backbone 'resnet'.*cnn, cnn5, convnet, mlp"):
         build_backbone("resnet")
 
 

@@ -110,7 +110,7 @@ def test_print_config_shows_the_notebook_defaults(capsys):
 @pytest.mark.parametrize(
     "extra,message",
     [
-        (["--model.backbone", "resnet"], "unknown backbone 'resnet'; choose one of cnn, cnn5, mlp"),
+        (["--model.backbone", "resnet"], "unknown backbone 'resnet'; choose one of cnn, cnn5, convnet, mlp"),
         (["--data.batch_size", "0"], "--data.batch_size must be at least 1, got 0"),
         (["--data.val_size", "1000"], "--data.val_size 1000 leaves no training images"),
         (["--ckpt_path", "nope.ckpt"], "nope.ckpt: no such file"),

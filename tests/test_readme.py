@@ -20,5 +20,5 @@ def test_import_example_runs(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     exec(compile(readme_block("run by tests/test_readme.py"), "README.md", "exec"), {})
     out = capsys.readouterr().out
-    assert "['cnn', 'cnn5', 'mlp']" in out and "test/acc" in out
+    assert "['cnn', 'cnn5', 'convnet', 'mlp']" in out and "test/acc" in out
     assert not Path("lightning_logs").exists()
