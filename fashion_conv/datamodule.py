@@ -12,6 +12,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from fashion_conv.augment import augment, step_generator
 from fashion_conv.csvio import CLASS_NAMES, read_csv
 from fashion_conv.errors import FashionConvError
 from fashion_conv.prepare import csv_paths, prepare_data
@@ -93,6 +94,8 @@ class FashionMNISTDataModule(L.LightningDataModule):
         download: allow a download from the official mirror when no local copy is found.
         data_on_device: keep the images on the training device (a GPU), so batches are cut there without a
             host-to-device copy per step; with ``num_workers > 0`` they stay on the host.
+        random_shift: training augmentation: move each image by up to this many pixels on each axis (0: off).
+        hflip: training augmentation: mirror half of the images left-right.
         train_size: train on only the first N images of the shuffled training split (the validation split is
             taken first, so it does not change); ``None`` uses all of it.
         pixel_permutation_seed: shuffle the 784 pixels of every train, validation and test image by one fixed
@@ -110,11 +113,13 @@ class FashionMNISTDataModule(L.LightningDataModule):
         num_workers: int = 0,
         download: bool = True,
         data_on_device: bool = True,
+        random_shift: int = 0,
+        hflip: bool = False,
         train_size: int | None = None,
         pixel_permutation_seed: int | None = None,
     ):
         super().__init__()
-        for name, value, low in (("batch_size", batch_size, 1), ("eval_batch_size", eval_batch_size, 1), ("val_size", val_size, 0)):
+        for name, value, low in (("batch_size", batch_size, 1), ("eval_batch_size", eval_batch_size, 1), ("val_size", val_size, 0), ("random_shift", random_shift, 0)):
             if value < low:
                 raise FashionConvError(f"--data.{name} must be at least {low}, got {value}")
         if train_size is not None and train_size < 1:
@@ -158,9 +163,21 @@ class FashionMNISTDataModule(L.LightningDataModule):
             images = permute_pixels(images, self.pixel_permutation)
         return images, labels
 
-    def train_dataloader(self) -> DataLoader:
+    def _shuffle_seed(self) -> int:
         seed = self.hparams.shuffle_seed
-        seed = torch.initial_seed() if seed is None else seed
+        return torch.initial_seed() if seed is None else seed
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """Augment training batches where they are, after the move to the device; evaluation batches pass as is."""
+        trainer = self.trainer
+        if trainer is None or not trainer.training or not (self.hparams.random_shift or self.hparams.hflip):
+            return batch
+        x, y = batch
+        generator = step_generator(self._shuffle_seed(), trainer.global_step, x.device)
+        return augment(x, self.hparams.random_shift, self.hparams.hflip, generator), y
+
+    def train_dataloader(self) -> DataLoader:
+        seed = self._shuffle_seed()
         trainer = self.trainer
         if trainer is not None and trainer.world_size > 1:
             # Several processes: each takes its shard of the same (seed, epoch) shuffle.
