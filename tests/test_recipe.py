@@ -5,16 +5,8 @@ import pytest
 import torch
 
 from fashion_conv import FashionClassifier, FashionMNISTDataModule
-from fashion_conv.augment import augment, shift, step_generator
+from fashion_conv.augment import augment, step_generator
 from fashion_conv.fit import main
-
-
-def test_shift_moves_pixels_by_exactly_k_with_zero_fill():
-    x = torch.arange(1, 1 + 2 * 5 * 5, dtype=torch.float32).reshape(2, 1, 5, 5)
-    out = shift(x, torch.tensor([1, -2]), torch.tensor([2, 0]))
-    assert torch.equal(out[0, 0, 1:, 2:], x[0, 0, :-1, :-2]) and out[0, 0, 0].abs().sum() == 0 and out[0, 0, :, :2].abs().sum() == 0
-    assert torch.equal(out[1, 0, :-2], x[1, 0, 2:]) and out[1, 0, -2:].abs().sum() == 0
-    assert torch.equal(shift(x, torch.tensor([0, 0]), torch.tensor([0, 0])), x)
 
 
 def test_augment_flips_about_half_and_is_reproducible():
