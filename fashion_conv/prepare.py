@@ -31,6 +31,8 @@ def prepare_data(
     paths = csv_paths(data_dir)
     if not force and all(p.is_file() for p in paths.values()):
         return paths
+    # Announced, since it takes seconds; under DDP only local rank 0 gets here (Lightning's prepare_data).
+    print(f"Preparing {paths['train'].parent} from the official Fashion-MNIST IDX files", file=sys.stderr)
     arrays = idx.load_raw(Path(data_dir) / "raw", specs, system_dir, mirror)
     for split, (images_name, labels_name) in idx.SPLITS.items():
         images, labels = arrays[images_name], arrays[labels_name]

@@ -139,3 +139,16 @@ def test_unparsable_command_lines_give_one_line(tiny_data_dir, tmp_path, capsys,
 def test_missing_data_dir(tmp_path, capsys):
     assert main(fit_args(tmp_path / "nope", tmp_path)) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_a_bad_csv_stops_fit_with_file_line_and_column(tiny_data_dir, tmp_path, capsys):
+    csv = tiny_data_dir / "processed" / "fashion-mnist-train.csv"
+    lines = csv.read_text().splitlines()
+    cells = lines[7].split(",")
+    cells[12] = "NaN"
+    lines[7] = ",".join(cells)
+    csv.write_text("\n".join(lines) + "\n")
+    assert main(fit_args(tiny_data_dir, tmp_path)) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f"error: {csv}, line 8, column 13: pixel12 is 'NaN', expected an integer in 0-255"), err
+    assert not (tmp_path / "lightning_logs").exists() or not list((tmp_path / "lightning_logs").rglob("*.ckpt"))

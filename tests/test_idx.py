@@ -125,3 +125,13 @@ def test_unreachable_mirror_says_what_was_tried(tmp_path, capsys, monkeypatch):
     assert code == 1 and err.startswith("error: Fashion-MNIST files missing or unusable")
     assert "download failed" in err and "apt-get install -y dataset-fashion-mnist" in err
     assert "Traceback" not in err
+
+
+def test_prepare_refuses_a_truncated_local_file_with_nothing_else_to_try(tmp_path, capsys):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(b"\x00\x00\x08\x03" + bytes(5000))[:-20])
+    code = prepare_main(["--data-dir", str(tmp_path), "--system-dir", "", "--no-download"])
+    err = capsys.readouterr().err
+    assert code == 1 and "train-images-idx3-ubyte.gz: truncated or corrupt gzip" in err and "Traceback" not in err
+    assert not (tmp_path / "processed").exists()

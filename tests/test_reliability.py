@@ -205,3 +205,25 @@ def test_ddp_two_processes_on_cpu_match_a_single_process_evaluation(tmp_path):
     with torch.no_grad():
         pred = net(torch.from_numpy(images).float().div(255).unsqueeze(1)).argmax(1)
     assert metrics["test_acc"] == pytest.approx((pred == torch.from_numpy(labels).long()).float().mean().item())
+
+
+def test_ddp_prepares_the_data_once(tmp_path):
+    from fashion_conv.idx import OFFICIAL, SYSTEM_DIR, candidates
+
+    sources = [REPO / "data" / "raw", SYSTEM_DIR]
+    found = {n: next((p for d in sources for p in candidates(d, n) if p.is_file()), None) for n in OFFICIAL}
+    if None in found.values():
+        pytest.skip("the official IDX files are not on this machine (run scripts/setup.sh)")
+    raw = tmp_path / "data" / "raw"
+    raw.mkdir(parents=True)
+    for path in found.values():
+        (raw / path.name).symlink_to(path)
+    args = ["--data.data_dir", str(tmp_path / "data"), "--model.backbone", "mlp", "--trainer.max_epochs", "1",
+            "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1",
+            "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu",
+            "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false"]  # fmt: skip
+    proc = start(args, tmp_path)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    assert out.count("Preparing") == 1, out  # one conversion, though two processes trained
+    assert (tmp_path / "data" / "processed" / "fashion-mnist-train.csv").stat().st_size > 100e6
