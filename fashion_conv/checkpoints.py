@@ -41,7 +41,9 @@ class GracefulStop(Callback):
         self.requested = True
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if threading.current_thread() is threading.main_thread():
+        # One process only: under DDP a save needs every rank, so Lightning's own handling (stop all ranks at the
+        # end of the epoch, after its checkpoint) stays in charge there.
+        if trainer.world_size == 1 and threading.current_thread() is threading.main_thread():
             self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
         if self._resume is not None:
             epoch, batches = self._resume
