@@ -122,7 +122,7 @@ def test_unreachable_mirror_says_what_was_tried(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("FASHION_CONV_MIRROR", "http://127.0.0.1:9/")  # discard port: connection refused
     code = prepare_main(["--data-dir", str(tmp_path), "--system-dir", ""])
     err = capsys.readouterr().err
-    assert code == 1 and err.startswith("error: Fashion-MNIST files missing or unusable")
+    assert code == 1 and "\nerror: Fashion-MNIST files missing or unusable" in err
     assert "download failed" in err and "apt-get install -y dataset-fashion-mnist" in err
     assert "Traceback" not in err
 
