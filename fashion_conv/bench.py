@@ -26,7 +26,9 @@ VARIANTS = {
     # name: fit command-line arguments (None: the notebook's loop)
     "reference": None,
     "fit": [],
-    "fit-fast": ["--trainer.precision", "bf16-mixed", "--model.channels_last", "true", "--data.batch_size", "256", "--model.lr", "2e-3"],
+    "fit-fast": [
+        "--trainer.precision", "bf16-mixed", "--data.batch_size", "256", "--model.lr", "4e-3", "--model.lr_schedule", "onecycle"
+    ],  # fmt: skip
 }
 
 
