@@ -96,6 +96,8 @@ class FashionMNISTDataModule(L.LightningDataModule):
             host-to-device copy per step; with ``num_workers > 0`` they stay on the host.
         random_shift: training augmentation: move each image by up to this many pixels on each axis (0: off).
         hflip: training augmentation: mirror half of the images left-right.
+        random_erasing: training augmentation: probability of filling one random rectangle (2-25 % of the
+            image) of each image with noise (0: off).
         train_size: train on only the first N images of the shuffled training split (the validation split is
             taken first, so it does not change); ``None`` uses all of it.
         pixel_permutation_seed: shuffle the 784 pixels of every train, validation and test image by one fixed
@@ -115,6 +117,7 @@ class FashionMNISTDataModule(L.LightningDataModule):
         data_on_device: bool = True,
         random_shift: int = 0,
         hflip: bool = False,
+        random_erasing: float = 0.0,
         train_size: int | None = None,
         pixel_permutation_seed: int | None = None,
     ):
@@ -122,6 +125,8 @@ class FashionMNISTDataModule(L.LightningDataModule):
         for name, value, low in (("batch_size", batch_size, 1), ("eval_batch_size", eval_batch_size, 1), ("val_size", val_size, 0), ("random_shift", random_shift, 0)):
             if value < low:
                 raise FashionConvError(f"--data.{name} must be at least {low}, got {value}")
+        if not 0 <= random_erasing <= 1:
+            raise FashionConvError(f"--data.random_erasing is a probability in [0, 1], got {random_erasing}")
         if train_size is not None and train_size < 1:
             raise FashionConvError(f"--data.train_size must be at least 1, got {train_size}")
         self.save_hyperparameters()
@@ -169,12 +174,12 @@ class FashionMNISTDataModule(L.LightningDataModule):
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """Augment training batches where they are, after the move to the device; evaluation batches pass as is."""
-        trainer = self.trainer
-        if trainer is None or not trainer.training or not (self.hparams.random_shift or self.hparams.hflip):
+        trainer, hp = self.trainer, self.hparams
+        if trainer is None or not trainer.training or not (hp.random_shift or hp.hflip or hp.random_erasing):
             return batch
         x, y = batch
         generator = step_generator(self._shuffle_seed(), trainer.global_step, x.device)
-        return augment(x, self.hparams.random_shift, self.hparams.hflip, generator), y
+        return augment(x, hp.random_shift, hp.hflip, generator, hp.random_erasing), y
 
     def train_dataloader(self) -> DataLoader:
         seed = self._shuffle_seed()

@@ -29,6 +29,8 @@ class FashionClassifier(LightningModule):
         label_smoothing: cross-entropy label smoothing for the training loss (evaluation losses stay plain).
         lr_schedule: ``none`` (the notebook's constant rate), ``cosine`` (decay to 0 over the run) or
             ``onecycle`` (warm up to ``lr``, then anneal), stepped every batch.
+        tta_hflip: test-time augmentation for validation, test and predict: average the logits of each image
+            and its mirror image (twice the evaluation cost; training is unchanged).
     """
 
     def __init__(
@@ -41,6 +43,7 @@ class FashionClassifier(LightningModule):
         weight_decay: float = 0.0,
         label_smoothing: float = 0.0,
         lr_schedule: Literal["none", "cosine", "onecycle"] = "none",
+        tta_hflip: bool = False,
     ):
         super().__init__()
         if isinstance(backbone, nn.Module):
@@ -61,7 +64,7 @@ class FashionClassifier(LightningModule):
             {
                 "backbone": backbone, "backbone_kwargs": backbone_kwargs, "lr": lr, "num_classes": num_classes,
                 "channels_last": channels_last, "weight_decay": weight_decay, "label_smoothing": label_smoothing,
-                "lr_schedule": lr_schedule,
+                "lr_schedule": lr_schedule, "tta_hflip": tta_hflip,
             }
         )  # fmt: skip
         self.num_params = count_parameters(self.backbone)
@@ -77,6 +80,12 @@ class FashionClassifier(LightningModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(x.contiguous(memory_format=self.memory_format))
+
+    def evaluate(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for evaluation: ``forward``, or with ``tta_hflip`` the mean of the image's and its mirror's."""
+        if not self.hparams.get("tta_hflip"):
+            return self(x)
+        return (self(x) + self(x.flip(-1))) / 2
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y = batch
@@ -102,7 +111,7 @@ class FashionClassifier(LightningModule):
 
     def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
         x, y = batch
-        logits = self(x)
+        logits = self.evaluate(x)
         loss = F.cross_entropy(logits, y)
         acc = self.accuracy[f"{stage}_"]
         acc(logits, y)
@@ -117,12 +126,12 @@ class FashionClassifier(LightningModule):
         self.confusion.update(self._eval_step(batch, "test"), batch[1])
 
     def predict_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
-        """Class probabilities (B, num_classes) for ``Trainer.predict``; ``forward`` gives logits.
+        """Class probabilities (B, num_classes) for ``Trainer.predict`` (with ``tta_hflip`` if set); ``forward`` gives logits.
 
         A batch is the DataModule's ``(x, y)`` (labels ignored) or a bare ``x`` tensor (B, 1, 28, 28).
         """
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
-        return self(x).softmax(dim=1)
+        return self.evaluate(x).softmax(dim=1)
 
     def on_test_epoch_start(self) -> None:
         self.confusion.reset()

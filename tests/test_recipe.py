@@ -1,11 +1,13 @@
 """Training-recipe options change what they claim, on tiny data; all are off by default."""
 
+import csv
+
 import lightning as L
 import pytest
 import torch
 
 from fashion_conv import FashionClassifier, FashionMNISTDataModule
-from fashion_conv.augment import augment, step_generator
+from fashion_conv.augment import augment, erase, step_generator
 from fashion_conv.fit import main
 
 
@@ -20,8 +22,35 @@ def test_augment_flips_about_half_and_is_reproducible():
     assert not torch.equal(shifted, x) and shifted.shape == x.shape
 
 
+def test_random_erasing_fills_one_rectangle_in_about_p_of_the_images():
+    x = torch.full((1000, 1, 28, 28), -1.0)  # outside the noise's [0, 1), so erased pixels are easy to find
+    out = erase(x, 0.5, step_generator(3, 0, x.device))
+    erased = out != x
+    hit = erased.flatten(1).any(1)
+    assert 400 < int(hit.sum()) < 600 and torch.equal(out[~hit], x[~hit])
+    for mask in erased[hit][:50, 0]:  # each erased region is one solid rectangle of 2-25 % of the image (+ rounding)
+        rows, cols = mask.any(1).nonzero().flatten(), mask.any(0).nonzero().flatten()
+        h, w = len(rows), len(cols)
+        assert rows[-1] - rows[0] + 1 == h and cols[-1] - cols[0] + 1 == w and int(mask.sum()) == h * w
+        assert 0.01 * 784 <= h * w <= 0.3 * 784
+    assert ((out[erased] >= 0) & (out[erased] < 1)).all()
+    assert torch.equal(out, erase(x, 0.5, step_generator(3, 0, x.device)))  # seeded by step: resume redraws the same
+
+
+def test_tta_hflip_averages_the_mirror_logits():
+    torch.manual_seed(0)
+    plain, tta = FashionClassifier("cnn"), FashionClassifier("cnn", tta_hflip=True)
+    tta.load_state_dict(plain.state_dict())
+    x = torch.rand(4, 1, 28, 28)
+    expected = (plain(x) + plain(x.flip(-1))) / 2
+    torch.testing.assert_close(tta.evaluate(x), expected)
+    torch.testing.assert_close(plain.evaluate(x), plain(x))
+    torch.testing.assert_close(tta.predict_step(x, 0), expected.softmax(1))
+    assert not torch.allclose(tta.evaluate(x), plain(x))
+
+
 def test_datamodule_augments_training_batches_only(tiny_data_dir):
-    dm = FashionMNISTDataModule(tiny_data_dir, val_size=20, batch_size=16, random_shift=2, hflip=True)
+    dm = FashionMNISTDataModule(tiny_data_dir, val_size=20, batch_size=16, random_shift=2, hflip=True, random_erasing=0.5)
     dm.trainer = L.Trainer(accelerator="cpu", logger=False)
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
@@ -79,3 +108,24 @@ def test_strong_config_parses(capsys):
         main(["--config", "configs/strong.yaml", "--print_config"])
     out = capsys.readouterr().out
     assert "backbone: cnn" in out and "random_shift: 2" in out and "lr_schedule: onecycle" in out
+
+
+def test_ingredients_study_runs_resumes_and_reports(tiny_data_dir, tmp_path, capsys):
+    from fashion_conv import ingredients
+
+    argv = ["--rows", "notebook", "erasing", "epochs", "strong", "--seeds", "0", "1", "--data-dir", str(tiny_data_dir),
+            "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "out"),
+            "--data.val_size", "20", "--trainer.max_epochs", "1"]  # fmt: skip
+    assert ingredients.main(argv) == 0
+    rows = list(csv.DictReader((tmp_path / "out/results.csv").open()))
+    assert [(r["row"], r["seed"]) for r in rows] == [(n, s) for n in ("notebook", "erasing", "epochs", "strong") for s in "01"]
+    assert all(r["epochs"] == "1" for r in rows)
+    epochs, strong = rows[4:6], rows[6:8]  # one training run, tested with and without flip TTA
+    assert [r["val_acc"] for r in epochs] == [r["val_acc"] for r in strong]
+    config = (tmp_path / "runs/erasing/seed1/lightning_logs/cnn/version_0/config.yaml").read_text()
+    assert "random_erasing: 0.5" in config and "seed_everything: 1" in config and "lr_schedule: onecycle" in config
+    report = (tmp_path / "out/report.md").read_text()
+    assert "| notebook |" in report and "| strong |" in report and "± " in report
+    capsys.readouterr()
+    assert ingredients.main(argv) == 0  # finished runs are read back, not trained again
+    assert "python -m fashion_conv.fit" not in capsys.readouterr().out
