@@ -73,14 +73,13 @@ def _parse(path: Path, columns: list[str]) -> np.ndarray:
         if b"\r" in raw:
             pos = raw.index(b"\r")
             raise DataError(path, "stray carriage return inside a line", *_line_col(raw, pos))
+    if not raw.endswith(b"\n") or raw.endswith(b"\n\n"):  # no final newline, or blank lines at the end
+        raw = raw.rstrip(b"\n") + b"\n"
     header_end = raw.find(b"\n")
-    header_end = len(raw) if header_end < 0 else header_end
     _check_header(path, raw[:header_end].decode("utf-8", errors="replace"), columns)
-    body = raw[header_end + 1 :].rstrip(b"\n") + b"\n"
-    if body == b"\n":
+    if header_end + 1 == len(raw):
         raise DataError(path, "header only, no data rows", line=2)
-    table = _parse_body(path, raw, header_end + 1, body, columns)
-    return table
+    return _parse_body(path, raw, header_end + 1, columns)
 
 
 def _spelled(columns: list[str]) -> str:
@@ -102,70 +101,80 @@ def _check_header(path: Path, header: str, columns: list[str] = HEADER) -> None:
     raise DataError(path, f"header column is '{cells[col]}', expected '{columns[col]}'", line=1, column=col + 1)
 
 
-def _parse_body(path: Path, raw: bytes, offset: int, body: bytes, columns: list[str] = HEADER) -> np.ndarray:
-    """Parse in chunks of whole lines, so that every vectorised pass over a chunk runs in the CPU caches."""
-    table = np.empty((body.count(b"\n"), len(columns)), dtype=np.uint8)
-    start, row, first_line = 0, 0, _line_of(raw, offset)
-    while start < len(body):
-        end = body.find(b"\n", min(start + _CHUNK_BYTES, len(body)) - 1) + 1  # body ends with a newline
-        chunk = _parse_chunk(path, raw, offset, body, start, end, first_line + row, columns)
+def _parse_body(path: Path, raw: bytes, offset: int, columns: list[str] = HEADER) -> np.ndarray:
+    """Parse ``raw[offset:]`` (whole lines, ending with a newline) in chunks of lines, so that every
+    vectorised pass over a chunk runs in the CPU caches."""
+    table = np.empty((raw.count(b"\n", offset), len(columns)), dtype=np.uint8)
+    start, row, first_line = offset, 0, _line_of(raw, offset)
+    while start < len(raw):
+        end = raw.find(b"\n", min(start + _CHUNK_BYTES, len(raw)) - 1) + 1  # raw ends with a newline
+        chunk = _parse_chunk(path, raw, start, end, first_line + row, columns)
         table[row : row + len(chunk)] = chunk
         start, row = end, row + len(chunk)
     return table
 
 
-def _parse_chunk(
-    path: Path, raw: bytes, offset: int, body: bytes, start: int, end: int, first_line: int, columns: list[str]
-) -> np.ndarray:
-    """Lines ``body[start:end]``: check the structure on the bytes, decode the 1-3 digit cells, check ranges."""
-    b = np.frombuffer(body, dtype=np.uint8, count=end - start, offset=start)
+def _parse_chunk(path: Path, raw: bytes, start: int, end: int, first_line: int, columns: list[str]) -> np.ndarray:
+    """Lines ``raw[start:end]``: check the structure on the bytes, decode the 1-3 digit cells, check ranges.
+
+    Every byte that is not a digit ends a cell; those bytes must be commas or newlines. The value of a cell
+    is read from the 1-3 digits before its end, so the passes over the bytes are few and the rest runs
+    per cell.
+    """
+    b = np.frombuffer(raw, dtype=np.uint8, count=end - start, offset=start)
     digit = b - np.uint8(ord("0"))  # non-digits wrap to values > 9
-    is_sep = (b == _COMMA) | (b == _NEWLINE)
-    bad = np.flatnonzero((digit > 9) & ~is_sep)
+    ends = np.flatnonzero(digit > 9)  # each cell ends at a non-digit; the chunk's last byte is a newline
+    enders = b[ends]
+    bad = np.flatnonzero((enders != _COMMA) & (enders != _NEWLINE))
     if bad.size:
-        _fail_cell(path, raw, offset, body, start + int(bad[0]), "not an integer", columns)
-    seps = np.flatnonzero(is_sep).astype(np.int32)  # each cell ends at a separator
-    widths = np.empty_like(seps)
-    widths[0] = seps[0]
-    np.subtract(seps[1:], seps[:-1] + 1, out=widths[1:])
-    odd = np.flatnonzero((widths == 0) | (widths > 3))
-    if odd.size:
-        i = int(odd[0])
+        _fail_cell(path, raw, start + int(ends[bad[0]]), "not an integer", columns)
+    ends = ends.astype(np.int32)
+    widths = np.empty_like(ends)
+    widths[0] = ends[0]
+    np.subtract(ends[1:], ends[:-1], out=widths[1:])
+    widths[1:] -= 1
+    if (widths - 1).view(np.uint32).max() > 2:  # 0 wraps to the largest uint32
+        i = int(np.flatnonzero((widths == 0) | (widths > 3))[0])
         problem = "is empty" if widths[i] == 0 else "too long"
-        _fail_cell(path, raw, offset, body, start + int(seps[i] - (widths[i] > 0)), problem, columns)
-    ends_line = np.flatnonzero(b[seps] == _NEWLINE)
+        _fail_cell(path, raw, start + int(ends[i] - (widths[i] > 0)), problem, columns)
+    ends_line = np.flatnonzero(enders == _NEWLINE)
     cells_per_row = np.diff(ends_line, prepend=-1)
     wrong = np.flatnonzero(cells_per_row != len(columns))
     if wrong.size:
         i = int(wrong[0])
         raise DataError(path, f"row has {cells_per_row[i]} columns, expected {len(columns)}", line=first_line + i)
-    # Decode: units digit just before each separator, tens and hundreds where the cell is wide enough.
-    values = digit[seps - 1].astype(np.uint16)
-    values += np.where(widths >= 2, digit[np.maximum(seps - 2, 0)], 0).astype(np.uint16) * 10
-    values += np.where(widths >= 3, digit[np.maximum(seps - 3, 0)], 0).astype(np.uint16) * 100
+    # Decode: the units digit just before each cell's end, tens and hundreds where the cell is wide enough.
+    # (Indices before the chunk wrap to its end; those cells are one digit wide, so the digits are masked.)
+    values = digit[ends - 1].astype(np.uint16)
+    tens = digit[ends - 2]
+    tens *= widths >= 2
+    values += tens.astype(np.uint16) * np.uint16(10)
+    hundreds = digit[ends - 3]
+    hundreds *= widths >= 3
+    values += hundreds.astype(np.uint16) * np.uint16(100)
     table = values.reshape(-1, len(columns))
     labels_bad = np.flatnonzero(table[:, 0] > 9) if columns[0] == "label" else []
     if len(labels_bad):
         r = int(labels_bad[0])
         raise DataError(path, f"label is {table[r, 0]}, expected an integer in 0-9", line=first_line + r, column=1)
-    r, c = np.unravel_index(int(np.argmax(table > 255)), table.shape)
-    if table[r, c] > 255:
+    if table.max() > 255:
+        r, c = np.unravel_index(int(np.argmax(table > 255)), table.shape)
         raise DataError(path, f"{columns[c]} is {table[r, c]}, expected an integer in 0-255", line=first_line + int(r), column=int(c) + 1)
     return table
 
 
-def _fail_cell(path: Path, raw: bytes, offset: int, body: bytes, pos: int, problem: str, columns: list[str] = HEADER) -> None:
-    """Raise for the cell that holds byte ``pos`` of ``body`` (or, for an empty cell, ends there), quoting it."""
+def _fail_cell(path: Path, raw: bytes, pos: int, problem: str, columns: list[str] = HEADER) -> None:
+    """Raise for the cell that holds byte ``pos`` of ``raw`` (or, for an empty cell, ends there), quoting it."""
     if problem == "is empty":
         start = end = pos
-        if body[pos] == _NEWLINE and (pos == 0 or body[pos - 1] == _NEWLINE):
-            raise DataError(path, f"empty line; expected a row of {len(columns)} integers", line=_line_of(raw, offset + pos))
+        if raw[pos] == _NEWLINE and raw[pos - 1] == _NEWLINE:
+            raise DataError(path, f"empty line; expected a row of {len(columns)} integers", line=_line_of(raw, pos))
     else:
-        start = max(body.rfind(b",", 0, pos), body.rfind(b"\n", 0, pos)) + 1
-        end = min(i for i in (body.find(b",", start), body.find(b"\n", start)) if i >= 0)
-    line, column = _line_col(raw, offset + start)
+        start = max(raw.rfind(b",", 0, pos), raw.rfind(b"\n", 0, pos)) + 1
+        end = min(i for i in (raw.find(b",", start), raw.find(b"\n", start)) if i >= 0)
+    line, column = _line_col(raw, start)
     name = columns[column - 1] if column <= len(columns) else f"column {column}"
-    found = "empty" if start == end else repr(body[start:end].decode("utf-8", errors="replace"))
+    found = "empty" if start == end else repr(raw[start:end].decode("utf-8", errors="replace"))
     expected = "0-9" if name == "label" else "0-255"
     raise DataError(path, f"{name} is {found}, expected an integer in {expected}", line=line, column=column)
 
