@@ -56,11 +56,10 @@ INGREDIENTS = _cumulative(
         ("smoothing", "label smoothing 0.1", ("--model.label_smoothing", "0.1")),
         ("shift", "random shifts of up to 2 px", ("--data.random_shift", "2")),
         ("hflip", "random horizontal flips", ("--data.hflip", "true")),
-        ("erasing", "random erasing, p 0.5", ("--data.random_erasing", "0.5")),
     ]
 )
 STRONG_ROWS = [
-    Row("epochs", "40 epochs (configs/strong.yaml, tested without flip TTA)", ("--config", STRONG), plain_test=True),
+    Row("epochs", "60 epochs (configs/strong.yaml, tested without flip TTA)", ("--config", STRONG), plain_test=True),
     Row("strong", "flip test-time augmentation = configs/strong.yaml", ("--config", STRONG)),
 ]
 OTHER_BACKBONES = [

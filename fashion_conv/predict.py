@@ -177,9 +177,14 @@ def read_input(path: Path, invert: str) -> tuple[torch.Tensor, np.ndarray | None
 
 
 @torch.inference_mode()
-def predict_probabilities(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-    """Softmax over the model's logits, (N, 10), in batches."""
-    probs = torch.cat([model(chunk).softmax(dim=1) for chunk in x.split(batch_size)])
+def predict_probabilities(model: nn.Module, x: torch.Tensor, batch_size: int = 1000, tta_hflip: bool = False) -> torch.Tensor:
+    """Softmax over the model's logits, (N, 10), in batches; with ``tta_hflip``, over the mean of the image's
+    and its mirror image's logits (as ``FashionClassifier(tta_hflip=True)`` evaluates)."""
+
+    def logits(chunk: torch.Tensor) -> torch.Tensor:
+        return (model(chunk) + model(chunk.flip(-1))) / 2 if tta_hflip else model(chunk)
+
+    probs = torch.cat([logits(chunk).softmax(dim=1) for chunk in x.split(batch_size)])
     if probs.shape[1] != len(CLASS_NAMES):
         raise FashionConvError(f"the model gives {probs.shape[1]} outputs per image, expected {len(CLASS_NAMES)} (one per class)")
     return probs
@@ -242,6 +247,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="images only: make a dark object on a light background light on dark, as in Fashion-MNIST; "
         "auto (default) inverts when most border pixels are light, as in product photos",
     )
+    parser.add_argument(
+        "--tta-hflip",
+        choices=("auto", "yes", "no"),
+        default="auto",
+        help="average each image's and its mirror image's logits; auto (default): as the checkpoint was "
+        "evaluated (--model.tta_hflip, e.g. configs/strong.yaml), no for --weights",
+    )
     return parser
 
 
@@ -254,10 +266,19 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backbone", help=f"backbone of --weights ({names}, or a class path); with --checkpoint, a check")
 
 
+def checkpoint_tta(checkpoint: str | Path | None) -> bool:
+    """Whether a checkpoint was evaluated with flip test-time augmentation (``--model.tta_hflip``)."""
+    if checkpoint is None:
+        return False
+    hparams = read_weights_file(checkpoint).get("hyper_parameters") or {}
+    return bool(hparams.get("tta_hflip"))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         model = load_model(args.checkpoint, args.weights, args.backbone)
+        tta = checkpoint_tta(args.checkpoint) if args.tta_hflip == "auto" else args.tta_hflip == "yes"
     except FashionConvError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -272,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         for path in paths:
             try:
                 x, labels, found = read_input(path, args.invert)
-                found = describe(found, predict_probabilities(model, x), labels, args.top_k)
+                found = describe(found, predict_probabilities(model, x, tta_hflip=tta), labels, args.top_k)
             except FashionConvError as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 failed = True

@@ -119,6 +119,31 @@ def test_model_pth_and_checkpoint_predict_the_same(run_dir, tmp_path, capsys):
     assert top == [CLASS_NAMES[i] for i in expected.argmax(1)]
 
 
+def test_tta_checkpoint_predicts_as_it_was_tested(run_dir, tmp_path, capsys):
+    """A checkpoint trained with --model.tta_hflip predicts with flip TTA by default, like its test metric."""
+    ckpt = torch.load(run_dir / "last.ckpt", weights_only=True)
+    ckpt["hyper_parameters"]["tta_hflip"] = True
+    for key in ckpt["state_dict"]:  # sharpen the barely trained net, so that flipping changes its outputs clearly
+        ckpt["state_dict"][key] = ckpt["state_dict"][key] * 4
+    torch.save(ckpt, tmp_path / "tta.ckpt")
+    labels, images = tiny_images(12, seed=4)
+    write_csv(tmp_path / "rows.csv", labels, images)
+    x = torch.from_numpy(images).unsqueeze(1).float() / 255
+    model = FashionClassifier.load_from_checkpoint(tmp_path / "tta.ckpt", map_location="cpu", weights_only=True).eval()
+    with torch.no_grad():
+        expected, plain = model.predict_step(x, 0), model(x).softmax(1)
+    assert (expected - plain).abs().max() > 1e-3  # far more than the 4-decimal rounding of the output
+
+    def probabilities(*extra):
+        code, out, _ = run(capsys, "--checkpoint", tmp_path / "tta.ckpt", tmp_path / "rows.csv", "--format", "json", "--top-k", "10", *extra)
+        assert code == 0
+        rows = [{t["class"]: t["probability"] for t in r["top"]} for r in json.loads(out)["predictions"]]
+        return torch.tensor([[row[c] for c in CLASS_NAMES] for row in rows])
+
+    torch.testing.assert_close(probabilities(), expected, atol=1e-4, rtol=0)  # rounded to 4 places
+    torch.testing.assert_close(probabilities("--tta-hflip", "no"), plain, atol=1e-4, rtol=0)
+
+
 def test_backbones_imports_without_lightning(weights):
     code = (
         "import sys, torch\n"
