@@ -113,17 +113,21 @@ def test_strong_config_parses(capsys):
 def test_ingredients_study_runs_resumes_and_reports(tiny_data_dir, tmp_path, capsys):
     from fashion_conv import ingredients
 
-    argv = ["--rows", "notebook", "hflip", "epochs", "strong", "--seeds", "0", "1", "--data-dir", str(tiny_data_dir),
+    argv = ["--rows", "notebook", "hflip", "epochs", "strong", "noaug", "--seeds", "0", "1", "--data-dir", str(tiny_data_dir),
             "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "out"),
             "--data.val_size", "20", "--trainer.max_epochs", "1"]  # fmt: skip
     assert ingredients.main(argv) == 0
     rows = list(csv.DictReader((tmp_path / "out/results.csv").open()))
-    assert [(r["row"], r["seed"]) for r in rows] == [(n, s) for n in ("notebook", "hflip", "epochs", "strong") for s in "01"]
+    names = ("notebook", "hflip", "epochs", "strong", "noaug")
+    assert [(r["row"], r["seed"]) for r in rows] == [(n, s) for n in names for s in "01"]
     assert all(r["epochs"] == "1" for r in rows)
     epochs, strong = rows[4:6], rows[6:8]  # one training run, tested with and without flip TTA
     assert [r["val_acc"] for r in epochs] == [r["val_acc"] for r in strong]
     config = (tmp_path / "runs/hflip/seed1/lightning_logs/cnn/version_0/config.yaml").read_text()
     assert "hflip: true" in config and "seed_everything: 1" in config and "lr_schedule: onecycle" in config
+    config = (tmp_path / "runs/noaug/seed0/lightning_logs/cnn/version_0/config.yaml").read_text()
+    assert "random_shift: 0" in config and "hflip: false" in config and "tta_hflip: false" in config
+    assert "weight_decay: 0.05" in config and "max_epochs: 1" in config
     report = (tmp_path / "out/report.md").read_text()
     assert "| notebook |" in report and "| strong |" in report and "± " in report
     capsys.readouterr()
