@@ -98,6 +98,7 @@ class FashionClassifier(LightningModule):
         self._epoch_samples += len(y)
         if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
             self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(y))
+            self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)  # a float: no sync
         return loss
 
     def on_train_epoch_start(self) -> None:

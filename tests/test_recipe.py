@@ -77,6 +77,21 @@ def test_lr_schedule_changes_the_rate(tiny_data_dir, schedule):
     assert fit_tiny(tiny_data_dir).optimizers[0].param_groups[0]["lr"] == 1e-3  # default: constant
 
 
+def test_the_learning_rate_is_on_the_dashboard(tiny_data_dir, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    dm = FashionMNISTDataModule(tiny_data_dir, val_size=20, batch_size=10)
+    logger = L.pytorch.loggers.TensorBoardLogger(tmp_path, name="", version="")
+    trainer = L.Trainer(max_epochs=2, logger=logger, log_every_n_steps=2, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    trainer.fit(FashionClassifier("mlp", lr_schedule="onecycle", lr=1e-2), datamodule=dm)
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    lrs = [e.value for e in events.Scalars("train/lr")]
+    assert len(lrs) == 10  # every logging step of the 20
+    assert max(lrs) == pytest.approx(1e-2, rel=0.05) and lrs[-1] < 1e-4 and lrs.index(max(lrs)) in (1, 2)
+
+
 def test_weight_decay_uses_adamw(tiny_data_dir):
     assert type(fit_tiny(tiny_data_dir, weight_decay=0.05).optimizers[0]) is torch.optim.AdamW
     assert type(fit_tiny(tiny_data_dir).optimizers[0]) is torch.optim.Adam
