@@ -65,10 +65,12 @@ STRONG_ROWS = [
     Row("strong", "flip test-time augmentation = configs/strong.yaml", ("--config", STRONG)),
     Row("noaug", "strong recipe without shifts, flips and flip TTA", NO_AUG),
 ]
+RECIPES = (("notebook", "notebook recipe", NOTEBOOK), ("strong", "strong recipe", ("--config", STRONG)),
+           ("noaug", "strong recipe without augmentation", NO_AUG))  # fmt: skip
 OTHER_BACKBONES = [
-    Row(f"{name}-{recipe}", f"{name}, {recipe} recipe", args + ("--model.backbone", name), backbone=name)
+    Row(f"{name}-{recipe}", f"{name}, {what}", args + ("--model.backbone", name), backbone=name)
     for name in ("mlp", "cnn5")
-    for recipe, args in (("notebook", NOTEBOOK), ("strong", ("--config", STRONG)), ("noaug", NO_AUG))
+    for recipe, what, args in RECIPES
 ]
 ROWS = INGREDIENTS + STRONG_ROWS + OTHER_BACKBONES
 
