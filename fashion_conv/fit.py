@@ -135,6 +135,7 @@ def train_and_test(trainer: Trainer, model: LightningModule, data: LightningData
         "val_acc": float(checkpoint.best_model_score) if best else None,
         "test_acc": tested["test/acc"],
         "test_loss": tested["test/loss"],
+        "tta_hflip": bool(model.hparams.get("tta_hflip", False)),  # val_acc and test_acc averaged over mirror images
         "train_seconds": round(train_seconds, 2),
         "seed": seed,
         "precision": str(trainer.precision),
@@ -163,13 +164,14 @@ def _write_outputs(trainer: Trainer, model: FashionClassifier, summary: dict) ->
 
 def print_summary(summary: dict) -> None:
     val = f"{summary['val_acc']:.4f}" if summary["val_acc"] is not None else "n/a"
+    tta = ", flip TTA" if summary.get("tta_hflip") else ""
     lines = [
         "",
         "fashion_conv run summary",
         f"  backbone        {summary['backbone']} ({summary['params']:,} parameters)",
         f"  epochs          {summary['epochs']}  (seed {summary['seed']}, precision {summary['precision']})",
         f"  best val acc    {val}",
-        f"  test acc        {summary['test_acc']:.4f}  (official test set, best checkpoint by val/acc)",
+        f"  test acc        {summary['test_acc']:.4f}  (official test set, best checkpoint by val/acc{tta})",
         f"  training time   {summary['train_seconds']:.1f} s",
         f"  run folder      {summary['run_dir']}  (metrics.json, model.pth, checkpoints/)",
         "  dashboards      tensorboard --logdir lightning_logs",

@@ -1,6 +1,7 @@
 """Training-recipe options change what they claim, on tiny data; all are off by default."""
 
 import csv
+import json
 
 import lightning as L
 import pytest
@@ -143,6 +144,8 @@ def test_ingredients_study_runs_resumes_and_reports(tiny_data_dir, tmp_path, cap
     config = (tmp_path / "runs/noaug/seed0/lightning_logs/cnn/version_0/config.yaml").read_text()
     assert "random_shift: 0" in config and "hflip: false" in config and "tta_hflip: false" in config
     assert "weight_decay: 0.05" in config and "max_epochs: 1" in config
+    tta = [json.loads(p.read_text())["tta_hflip"] for p in sorted((tmp_path / "runs").glob("*/seed0/**/metrics.json"))]
+    assert tta == [False, False, False, True]  # hflip, noaug, notebook, strong
     report = (tmp_path / "out/report.md").read_text()
     assert "| notebook |" in report and "| strong |" in report and "± " in report
     capsys.readouterr()
