@@ -149,6 +149,11 @@ def train_and_test(trainer: Trainer, model: LightningModule, data: LightningData
     return summary
 
 
+# The recipe's settings, as columns of TensorBoard's HPARAMS tab (the full configuration is in config.yaml).
+RECIPE_MODEL_HPARAMS = ("lr", "lr_schedule", "weight_decay", "label_smoothing", "tta_hflip")
+RECIPE_DATA_HPARAMS = ("batch_size", "random_shift", "hflip", "random_erasing")
+
+
 def _write_outputs(trainer: Trainer, model: FashionClassifier, summary: dict) -> None:
     run_dir = Path(summary["run_dir"] or trainer.default_root_dir)  # trainer.log_dir is collective under DDP
     atomic_write_text(run_dir / "metrics.json", json.dumps(summary, indent=2) + "\n")
@@ -157,7 +162,9 @@ def _write_outputs(trainer: Trainer, model: FashionClassifier, summary: dict) ->
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
             hp = {k: v for k, v in summary.items() if k in ("backbone", "params", "seed", "precision", "epochs")}
-            hp.update(lr=model.hparams.lr, batch_size=trainer.datamodule.hparams.batch_size)
+            hp.update({k: model.hparams[k] for k in RECIPE_MODEL_HPARAMS if k in model.hparams})
+            data_hp = trainer.datamodule.hparams
+            hp.update({k: data_hp[k] for k in RECIPE_DATA_HPARAMS if k in data_hp})
             logger.log_hyperparams(hp, metrics={"hp/val_acc": summary["val_acc"] or 0.0, "hp/test_acc": summary["test_acc"]})
             logger.save()
 

@@ -69,6 +69,23 @@ def test_tensorboard_run(finished_run):
     assert {"hp/val_acc", "hp/test_acc"} <= tags["scalars"]  # hyperparameters logged with the final metrics
 
 
+def test_hparams_tab_lists_the_recipe(finished_run):
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    _, run = finished_run
+    hparams = {}
+    for events in run.glob("events.out.tfevents.*"):
+        for event in EventFileLoader(str(events)).Load():
+            for value in event.summary.value:
+                if value.tag == "_hparams_/session_start_info":
+                    data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
+                    for name, v in data.session_start_info.hparams.items():
+                        hparams[name] = getattr(v, v.WhichOneof("kind"))
+    assert hparams["backbone"] == "mlp" and hparams["lr_schedule"] == "none" and not hparams["tta_hflip"]
+    assert hparams["batch_size"] == 16 and hparams["random_shift"] == 0 and hparams["weight_decay"] == 0
+
+
 def test_checkpoint_and_model_pth_reload_on_their_own(finished_run):
     _, run = finished_run
     best = next((run / "checkpoints").glob("best-*.ckpt"))
