@@ -11,7 +11,7 @@ import importlib
 from typing import TYPE_CHECKING
 
 _HOMES = {
-    "CLASS_NAMES": "csvio",
+    "CLASS_NAMES": "classes",
     "DataError": "errors",
     "FashionClassifier": "module",
     "FashionConvError": "errors",
@@ -27,7 +27,7 @@ __all__ = sorted(_HOMES)
 
 if TYPE_CHECKING:  # for IDEs and type checkers; at run time the names load lazily
     from fashion_conv.backbones import build_backbone, count_parameters, list_backbones, load_backbone, register_backbone
-    from fashion_conv.csvio import CLASS_NAMES
+    from fashion_conv.classes import CLASS_NAMES
     from fashion_conv.datamodule import FashionMNISTDataModule
     from fashion_conv.errors import DataError, FashionConvError
     from fashion_conv.module import FashionClassifier

@@ -13,7 +13,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from fashion_conv.augment import augment, step_generator
-from fashion_conv.csvio import CLASS_NAMES, read_csv
+from fashion_conv.classes import CLASS_NAMES
+from fashion_conv.csvio import read_csv
 from fashion_conv.errors import FashionConvError
 from fashion_conv.prepare import csv_paths, prepare_data
 
@@ -102,6 +103,8 @@ class FashionMNISTDataModule(L.LightningDataModule):
             taken first, so it does not change); ``None`` uses all of it.
         pixel_permutation_seed: shuffle the 784 pixels of every train, validation and test image by one fixed
             permutation drawn from this seed (destroys spatial structure, keeps pixel values); ``None``: no shuffle.
+        test_size: test on a fixed random subset of N test images (drawn with ``split_seed``, kept in file
+            order), for quick studies; ``None`` tests on all of them.
     """
 
     def __init__(
@@ -120,6 +123,7 @@ class FashionMNISTDataModule(L.LightningDataModule):
         random_erasing: float = 0.0,
         train_size: int | None = None,
         pixel_permutation_seed: int | None = None,
+        test_size: int | None = None,
     ):
         super().__init__()
         for name, value, low in (("batch_size", batch_size, 1), ("eval_batch_size", eval_batch_size, 1), ("val_size", val_size, 0), ("random_shift", random_shift, 0)):
@@ -127,8 +131,9 @@ class FashionMNISTDataModule(L.LightningDataModule):
                 raise FashionConvError(f"--data.{name} must be at least {low}, got {value}")
         if not 0 <= random_erasing <= 1:
             raise FashionConvError(f"--data.random_erasing is a probability in [0, 1], got {random_erasing}")
-        if train_size is not None and train_size < 1:
-            raise FashionConvError(f"--data.train_size must be at least 1, got {train_size}")
+        for name, value in (("train_size", train_size), ("test_size", test_size)):
+            if value is not None and value < 1:
+                raise FashionConvError(f"--data.{name} must be at least 1, got {value}")
         self.save_hyperparameters()
         self.data_dir = Path(data_dir)
         self.class_names = CLASS_NAMES
@@ -147,7 +152,7 @@ class FashionMNISTDataModule(L.LightningDataModule):
             n_val = self.hparams.val_size
             if n_val >= len(labels):
                 raise FashionConvError(f"--data.val_size {n_val} leaves no training images: {paths['train']} has {len(labels)} rows")
-            order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.hparams.split_seed))
+            order = seeded_permutation(len(labels), self.hparams.split_seed)
             train_idx, val_idx = order[n_val:], order[:n_val]
             n_train = self.hparams.train_size
             if n_train is not None:
@@ -157,7 +162,12 @@ class FashionMNISTDataModule(L.LightningDataModule):
             self.train_set = InMemoryImages(images[train_idx], labels[train_idx])
             self.val_set = InMemoryImages(images[val_idx], labels[val_idx])
         if stage in (None, "test", "predict") and self.test_set is None:
-            self.test_set = InMemoryImages(*self._load_split(paths["test"]))
+            images, labels = self._load_split(paths["test"])
+            n_test = self.hparams.test_size
+            if n_test is not None and n_test < len(labels):
+                keep = seeded_permutation(len(labels), self.hparams.split_seed)[:n_test].sort().values  # in file order
+                images, labels = images[keep], labels[keep]
+            self.test_set = InMemoryImages(images, labels)
 
     def _load_split(self, csv_path: Path) -> tuple[torch.Tensor, torch.Tensor]:
         """``_load``, then the fixed pixel permutation when ``pixel_permutation_seed`` is set (same for every split)."""
@@ -223,9 +233,14 @@ def _load(csv_path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels).long()
 
 
+def seeded_permutation(n: int, seed: int) -> torch.Tensor:
+    """A permutation of ``range(n)`` that depends only on ``seed`` (not on the global RNG): splits, subsets, pixels."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+
+
 def pixel_permutation(seed: int, num_pixels: int = 28 * 28) -> torch.Tensor:
     """A fixed permutation of the pixel positions (num_pixels,), a function of ``seed`` only."""
-    return torch.randperm(num_pixels, generator=torch.Generator().manual_seed(seed))
+    return seeded_permutation(num_pixels, seed)
 
 
 def permute_pixels(images: torch.Tensor, permutation: torch.Tensor) -> torch.Tensor:

@@ -13,15 +13,16 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 from lightning import LightningDataModule, LightningModule, Trainer
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, TQDMProgressBar
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from fashion_conv.atomic import atomic_path, atomic_write_text
 from fashion_conv.backbones import read_weights_file
@@ -94,7 +95,8 @@ def _backbone_name(model_config) -> str:
     return getattr(backbone, "class_path", None) or backbone["class_path"]
 
 
-def build_cli(argv: list[str] | None) -> FashionCLI:
+def build_cli(argv: list[str] | dict | None, callbacks: Sequence[Callback] = ()) -> FashionCLI:
+    """The ``fit`` command line from ``argv`` (a list of arguments or a config dict); ``callbacks`` join the defaults."""
     return FashionCLI(
         FashionClassifier,
         FashionMNISTDataModule,
@@ -114,10 +116,18 @@ def build_cli(argv: list[str] | None) -> FashionCLI:
                 ModelCheckpoint(filename="last", enable_version_counter=False),
                 DatasetDashboards(),
                 GracefulStop(),
+                *callbacks,
             ],
         },
         parser_kwargs={"prog": "python -m fashion_conv.fit", "description": __doc__.splitlines()[0], "exit_on_error": False},
     )
+
+
+def run(argv: list[str] | dict | None = None, callbacks: Sequence[Callback] = ()) -> dict:
+    """One training run, the one path of ``fit`` and of every study run: build the CLI from ``argv`` (arguments or
+    a config dict), fit, test the best checkpoint, write the run folder; returns the summary (``metrics.json``)."""
+    cli = build_cli(argv, callbacks)
+    return train_and_test(cli.trainer, cli.model, cli.datamodule, cli.resume_from, cli.config.seed_everything)
 
 
 def train_and_test(trainer: Trainer, model: LightningModule, data: LightningDataModule, ckpt_path: Path | None, seed: Any) -> dict:
@@ -203,8 +213,7 @@ def short_parse_error(exc: argparse.ArgumentError) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        cli = build_cli(argv)
-        summary = train_and_test(cli.trainer, cli.model, cli.datamodule, cli.resume_from, cli.config.seed_everything)
+        summary = run(argv)
     except argparse.ArgumentError as exc:
         print(f"error: {short_parse_error(exc)} (see python -m fashion_conv.fit --help)", file=sys.stderr)
         return 2
@@ -214,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     except SIGTERMException:
         print("Stopped by SIGTERM; checkpoints/last.ckpt is saved: resume with --ckpt_path last.", file=sys.stderr)
         return 128 + signal.SIGTERM
-    if cli.trainer.is_global_zero:
+    if rank_zero_only.rank == 0:  # once, not on every process of a DDP run
         print_summary(summary)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()  # a clean exit for every process of a DDP run

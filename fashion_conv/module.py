@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Literal
 
 import torch
@@ -10,8 +11,23 @@ from lightning import LightningModule
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
-from fashion_conv.backbones import build_backbone, count_parameters
+from fashion_conv.backbones import _REGISTRY, build_backbone, count_parameters
 from fashion_conv.errors import FashionConvError
+
+
+def _with_num_classes(backbone: str, kwargs: dict, num_classes: int) -> dict:
+    """The backbone's kwargs with ``num_classes``: passed on when the backbone takes it (the built-in ones do),
+    so the head has that many outputs; a backbone without the argument is only accepted for the default 10."""
+    if "num_classes" in kwargs:
+        if kwargs["num_classes"] != num_classes:
+            raise ValueError(f"backbone_kwargs num_classes={kwargs['num_classes']} contradicts num_classes={num_classes}")
+        return kwargs
+    cls = _REGISTRY.get(backbone) if "." not in backbone else None
+    if cls is not None and "num_classes" in inspect.signature(cls).parameters:
+        return {**kwargs, "num_classes": num_classes}
+    if num_classes != 10:
+        return {**kwargs, "num_classes": num_classes}  # a class path must accept it, or the error names it
+    return kwargs
 
 
 class FashionClassifier(LightningModule):
@@ -51,7 +67,7 @@ class FashionClassifier(LightningModule):
             backbone = f"{type(backbone).__module__}.{type(backbone).__qualname__}"
         else:
             try:
-                self.backbone = build_backbone(backbone, **(backbone_kwargs or {}))
+                self.backbone = build_backbone(backbone, **_with_num_classes(backbone, backbone_kwargs or {}, num_classes))
             except (ValueError, TypeError) as exc:
                 raise FashionConvError(f"--model.backbone: {exc}") from None
         if lr <= 0:

@@ -11,11 +11,11 @@ from fashion_conv import FashionMNISTDataModule
 from fashion_conv.backbones import build_backbone, count_parameters
 from fashion_conv.datamodule import permute_pixels
 from fashion_conv.errors import FashionConvError
-from fashion_conv.experiments import plans
-from fashion_conv.experiments.cli import main
+from fashion_conv.studies.experiments import plans
+from fashion_conv.studies.experiments.cli import main
 from fashion_conv.augment import shift
-from fashion_conv.experiments.probes import shifted_copies
-from fashion_conv.experiments.stats import verdict
+from fashion_conv.studies.experiments.probes import shifted_copies
+from fashion_conv.studies.experiments.stats import verdict
 
 
 def shift_images(images, dx, dy):

@@ -7,6 +7,7 @@ import dataclasses
 import logging
 import os
 import shlex
+import signal
 import sys
 import time
 import warnings
@@ -16,10 +17,11 @@ import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 
 from fashion_conv.errors import FashionConvError
-from fashion_conv.experiments.plans import EXPERIMENTS, PRESETS, Preset, plan
-from fashion_conv.experiments.report import write_report
-from fashion_conv.experiments.runs import Conditions
-from fashion_conv.experiments.suite import run_plan
+from fashion_conv.studies.experiments.plans import EXPERIMENTS, PRESETS, Preset, plan
+from fashion_conv.studies.experiments.report import write_report
+from fashion_conv.studies.experiments.plans import Conditions
+from fashion_conv.studies.experiments.suite import run_plan
+from fashion_conv.studies.spread import StudyStopped, add_spread_arguments, check_spread_arguments, stopped_hint
 
 
 def int_list(text: str) -> tuple[int, ...]:
@@ -62,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", type=Path, help="report folder (default: reports/<preset>)")
     p.add_argument(
-        "--logs-dir", type=Path, help="TensorBoard runs (default: lightning_logs/experiments/<out folder name>)"
+        "--logs-dir", type=Path, help="run folders (default: lightning_logs/studies/experiments/<out folder name>)"
     )
     p.add_argument("--train-size", type=int, help="training images (default: the preset's, full: all 55,000)")
     p.add_argument("--val-size", type=int, help="validation images held out of the train CSV (default: the preset's)")
@@ -80,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--precision", default="32-true", help="Lightning precision of every run (default: 32-true)")
     p.add_argument("--accelerator", default="auto", help="cpu, gpu, auto (default: auto)")
+    add_spread_arguments(p)
     return p
 
 
@@ -107,10 +110,10 @@ def resolve_preset(args: argparse.Namespace) -> Preset:
     return preset
 
 
-def device_name(accelerator: str) -> str:
+def device_name(accelerator: str, threads: int) -> str:
     if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
         return f"GPU: {torch.cuda.get_device_name(0)}"
-    return f"CPU: {torch.get_num_threads()} threads, {os.cpu_count()} cores"
+    return f"CPU: {threads} thread{'s' * (threads > 1)} per run, {os.cpu_count()} cores"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         preset = resolve_preset(args)
         out = args.out or Path("reports") / args.preset
-        logs_dir = args.logs_dir or Path("lightning_logs") / "experiments" / out.resolve().name
+        check_spread_arguments(args)
+        logs_dir = args.logs_dir or Path("lightning_logs") / "studies" / "experiments" / out.resolve().name
         cond = Conditions(
             data_dir=str(args.data_dir), epochs=preset.epochs, train_size=preset.train_size, val_size=preset.val_size,
             test_size=preset.test_size, batch_size=args.batch_size, lr=args.lr, precision=args.precision, accelerator=args.accelerator,
@@ -139,7 +143,9 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         start = time.perf_counter()
-        results, curves = run_plan(runs, seeds, cond, logs_dir, preset.max_shift)
+        results, curves = run_plan(
+            runs, seeds, cond, logs_dir, preset.max_shift, args.workers, args.ray_address, args.threads_per_run
+        )
         wall = time.perf_counter() - start
         path = write_report(
             out,
@@ -153,10 +159,13 @@ def main(argv: list[str] | None = None) -> int:
             command,
             logs_dir,
             wall,
-            device_name(args.accelerator),
+            device_name(args.accelerator, args.threads_per_run),
         )
     except (FashionConvError, MisconfigurationException) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except StudyStopped:
+        print(stopped_hint(command), file=sys.stderr)
+        return 128 + signal.SIGTERM
     print(f"Report: {path} ({wall / 60:.1f} min); results.csv, curves.csv and the figures beside it.")
     return 0

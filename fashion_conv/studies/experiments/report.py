@@ -10,10 +10,10 @@ import pandas as pd
 import torch
 
 from fashion_conv.atomic import atomic_write_text
-from fashion_conv.experiments import sections
-from fashion_conv.experiments.plans import Preset
-from fashion_conv.experiments.runs import Conditions
-from fashion_conv.experiments.stats import md_table
+from fashion_conv.studies.experiments import sections
+from fashion_conv.studies.experiments.plans import Preset
+from fashion_conv.studies.experiments.plans import Conditions
+from fashion_conv.studies.experiments.stats import md_table
 
 
 def write_report(
@@ -66,7 +66,7 @@ def conditions(
     test_images = (
         "all 10,000"
         if cond.test_size is None
-        else f"{cond.test_size:,} (fixed random subset, seed {cond.test_subset_seed})"
+        else f"{cond.test_size:,} (fixed random subset, seed {cond.split_seed})"
     )
     train_images = (
         "all left after validation" if cond.train_size is None else f"first {cond.train_size:,} of the shuffled split"

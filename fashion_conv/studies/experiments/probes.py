@@ -3,16 +3,12 @@ the DataModule, ``pixel_permutation_seed``, since it applies to training as well
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from fashion_conv.augment import shift
-
-if TYPE_CHECKING:
-    from fashion_conv.experiments.runs import Conditions
+from fashion_conv.studies.experiments.plans import Conditions
 
 # Every shift by k moves the image k pixels along both axes, in each of the four diagonal directions; the
 # accuracy at k is the mean over the four, so a model is not favoured by where objects sit in the frame.

@@ -13,9 +13,9 @@ import pandas as pd
 from torch import nn
 
 from fashion_conv.backbones import build_backbone, count_parameters
-from fashion_conv.experiments import plots
-from fashion_conv.experiments.plans import NOTEBOOK, Preset, kernel_variant
-from fashion_conv.experiments.stats import gap, md_table, mean_std, pct, values
+from fashion_conv.studies.experiments import plots
+from fashion_conv.studies.experiments.plans import NOTEBOOK, Preset, kernel_variant
+from fashion_conv.studies.experiments.stats import gap, md_table, mean_std, pct, values
 
 NAMES = [v.label for v in NOTEBOOK]  # mlp, cnn, cnn5
 

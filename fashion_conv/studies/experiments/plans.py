@@ -29,6 +29,23 @@ class Variant:
 
 
 @dataclass(frozen=True)
+class Conditions:
+    """What every run of a report shares, so runs differ only in their variant and seed."""
+
+    data_dir: str
+    epochs: int
+    train_size: int | None
+    val_size: int
+    test_size: int | None
+    batch_size: int = 64
+    lr: float = 1e-3
+    precision: str = "32-true"
+    accelerator: str = "auto"
+    split_seed: int = 0  # train/validation split and the test_size subset, the same for every run
+    permutation_seed: int = 0  # the one pixel permutation of the permutation experiment
+
+
+@dataclass(frozen=True)
 class Preset:
     seeds: int
     epochs: int
