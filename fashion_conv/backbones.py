@@ -95,7 +95,7 @@ def into_backbone(state: dict, name: str, kwargs: dict, path: str | Path) -> nn.
         raise FashionConvError(f"{path}: cannot build backbone {name!r}: {exc}") from None
     try:
         model.load_state_dict(state)
-    except RuntimeError as exc:
+    except RuntimeError:
         missing = len(set(model.state_dict()) - set(state))
         unexpected = len(set(state) - set(model.state_dict()))
         detail = f"{missing} tensors missing, {unexpected} unexpected" if missing or unexpected else "tensor shapes differ"

@@ -37,7 +37,7 @@ def test_round_trip(tmp_path):
 def test_cache_is_used_and_rebuilt_when_the_csv_changes(tmp_path):
     labels, images = tiny_arrays(20)
     path = tmp_path / "d.csv"
-    path.write_text("\n".join([HEADER_LINE] + [row(str(l), [str(v) for v in im.ravel()]) for l, im in zip(labels, images)]) + "\n")
+    path.write_text("\n".join([HEADER_LINE] + [row(str(label), [str(v) for v in im.ravel()]) for label, im in zip(labels, images)]) + "\n")
     assert not _cache_path(path).exists()
     read_csv(path)
     assert _cache_path(path).exists()

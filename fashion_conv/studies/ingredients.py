@@ -5,9 +5,11 @@ training every row with several seeds through ``python -m fashion_conv.fit``; th
 with the notebook's and the strong recipe. Test accuracy is the official test set, measured once per run, on
 the checkpoint chosen by validation accuracy. Writes ``results.csv`` and ``report.md`` to ``--out``.
 
-Each run is a separate process whose ``metrics.json`` is kept under ``--runs-dir``, so an interrupted study
-resumes where it stopped (finished runs are not trained again; use a fresh ``--runs-dir`` after changing
-the arguments). Arguments it does not know go to every ``fit`` run.
+Each run goes through ``fit.run``, the path of ``python -m fashion_conv.fit``, into a normal run folder under
+``--runs-dir`` (default ``lightning_logs/studies/ingredients/<row>/seed<k>``), so an interrupted study resumes
+where it stopped (finished runs are not trained again; use a fresh ``--runs-dir`` after changing the
+arguments). ``--workers``/``--ray-address`` spread the runs (see ``fashion_conv.studies.spread``). Arguments it
+does not know go to every ``fit`` run.
 """
 
 from __future__ import annotations
@@ -16,15 +18,17 @@ import argparse
 import csv
 import io
 import json
+import shlex
+import signal
 import statistics
-import subprocess
+import shutil
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from fashion_conv.atomic import atomic_write_text
 from fashion_conv.errors import FashionConvError
+from fashion_conv.studies import spread
 
 STRONG = "configs/strong.yaml"
 
@@ -75,22 +79,28 @@ OTHER_BACKBONES = [
 ROWS = INGREDIENTS + STRONG_ROWS + OTHER_BACKBONES
 
 
-def run_one(row: Row, seed: int, runs_dir: Path, data_dir: str, fit_args: list[str]) -> dict:
-    """Train one row with one seed (or read the finished run back), returning its metrics."""
-    # 'epochs' and 'strong' are the same training run; 'epochs' re-tests its checkpoint without TTA.
-    root = runs_dir / ("strong" if row.name == "epochs" else row.name) / f"seed{seed}"
-    metrics_path = root / "lightning_logs" / row.backbone / "version_0" / "metrics.json"
+def run_folder(row: Row, seed: int, runs_dir: Path) -> Path:
+    """The run's ``--trainer.default_root_dir``; 'epochs' and 'strong' are the same training run."""
+    return runs_dir / ("strong" if row.name == "epochs" else row.name) / f"seed{seed}"
+
+
+def fit_args(row: Row, seed: int, root: Path, data_dir: str, extra: list[str]) -> list[str]:
+    args = [*row.args, "--seed_everything", str(seed), "--data.data_dir", data_dir]
+    return args + ["--trainer.default_root_dir", str(root), "--trainer.enable_progress_bar", "false", *extra]
+
+
+def train_one(args: list[str], root: str, backbone: str, data_dir: str) -> dict:
+    """One run through ``fit.run`` (or read back when its ``metrics.json`` is there); its metrics, and for a run
+    tested with flip TTA also ``test_acc_no_tta``, its best checkpoint tested once more without TTA."""
+    from fashion_conv import fit
+
+    metrics_path = Path(root) / "lightning_logs" / backbone / "version_0" / "metrics.json"
     if not metrics_path.exists():
-        args = [*row.args, "--seed_everything", str(seed), "--data.data_dir", data_dir]
-        args += ["--trainer.default_root_dir", str(root), "--trainer.enable_progress_bar", "false"]
-        args += fit_args
-        print(f"[{time.strftime('%H:%M:%S')}] {row.name} seed {seed}: python -m fashion_conv.fit {' '.join(args)}", flush=True)
-        done = subprocess.run([sys.executable, "-m", "fashion_conv.fit", *args], capture_output=True, text=True)
-        if done.returncode != 0 or not metrics_path.exists():
-            raise FashionConvError(f"run {row.name} seed {seed} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+        shutil.rmtree(Path(root) / "lightning_logs", ignore_errors=True)  # a stopped run starts again as version_0
+        fit.run(args)
     metrics = json.loads(metrics_path.read_text())
-    if row.plain_test:
-        metrics["test_acc"] = _test_without_tta(metrics["best_checkpoint"], data_dir, metrics["precision"])
+    if metrics["tta_hflip"]:
+        metrics["test_acc_no_tta"] = _test_without_tta(metrics["best_checkpoint"], data_dir, metrics["precision"])
     return metrics
 
 
@@ -105,7 +115,8 @@ def _test_without_tta(checkpoint: str, data_dir: str, precision: str) -> float:
     return trainer.test(model, datamodule=FashionMNISTDataModule(data_dir), verbose=False)[0]["test/acc"]
 
 
-def summarise(results: list[dict]) -> list[dict]:
+def summarise(results: list[dict], missing: list[str] = ()) -> list[dict]:
+    """One line per row: mean, sd, min, max over seeds; a row with a missing run is marked, never averaged."""
     rows: dict[str, dict] = {}
     for r in results:
         rows.setdefault(r["row"], {"row": r["row"], "added": r["added"], "backbone": r["backbone"], "acc": [], "val": [], "sec": []})
@@ -113,6 +124,7 @@ def summarise(results: list[dict]) -> list[dict]:
         rows[r["row"]]["val"].append(r["val_acc"])
         rows[r["row"]]["sec"].append(r["train_seconds"])
     for s in rows.values():
+        s["missing"] = [m.rpartition(" ")[2] for m in missing if m.startswith(f"{s['row']} seed ")]
         acc = s.pop("acc")
         s["seeds"] = len(acc)
         s["mean"] = statistics.mean(acc)
@@ -123,7 +135,7 @@ def summarise(results: list[dict]) -> list[dict]:
     return list(rows.values())
 
 
-def report(summary: list[dict], command: str) -> str:
+def report(summary: list[dict], command: str, missing: list[str] = ()) -> str:
     lines = [
         "# What each training ingredient is worth",
         "",
@@ -138,6 +150,9 @@ def report(summary: list[dict], command: str) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for s in summary:
+        if s["missing"]:
+            lines.append(f"| {s['row']} | {s['added']} | {s['backbone']} | missing seed {', '.join(s['missing'])}: not averaged | | | | |")
+            continue
         lines.append(
             f"| {s['row']} | {s['added']} | {s['backbone']} | {100 * s['mean']:.2f} ± {100 * s['std']:.2f} % "
             f"| {100 * s['min']:.2f}-{100 * s['max']:.2f} | {100 * s['val']:.2f} % | {s['seeds']} | {s['seconds']:.0f} s |"
@@ -149,41 +164,74 @@ def report(summary: list[dict], command: str) -> str:
             "by validation accuracy with flip TTA) once more without TTA, so its difference to `strong` is what TTA",
             "adds at test time.",
         ]
+    if missing:
+        lines += ["", f"Missing runs (failed twice, see the command's output): {', '.join(missing)}."]
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(prog="python -m fashion_conv.ingredients", description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--rows", nargs="+", choices=[r.name for r in ROWS], help="only these rows (default: all)")
     parser.add_argument("--data-dir", default="data")
-    parser.add_argument("--runs-dir", type=Path, default=Path("lightning_logs/ingredients"))
+    parser.add_argument("--runs-dir", type=Path, default=Path("lightning_logs/studies/ingredients"))
     parser.add_argument("--out", type=Path, default=Path("reports/ingredients"))
+    spread.add_spread_arguments(parser)
     parser.epilog = "Any other argument goes to every fit run (e.g. --trainer.max_epochs 1 for a smoke test)."
-    args, fit_args = parser.parse_known_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    command = shlex.join(["python", "-m", "fashion_conv.ingredients", *argv])
     rows = [r for r in ROWS if not args.rows or r.name in args.rows]
-    results = []
+    jobs = {}  # run folder -> job; the 'epochs' and 'strong' rows share one
+    for row in rows:
+        for seed in args.seeds:
+            root = run_folder(row, seed, args.runs_dir)
+            fit_argv = fit_args(row, seed, root, args.data_dir, extra)
+            jobs.setdefault(root, spread.Job(f"{root.parent.name} seed {seed}", root, train_one,
+                                             {"args": fit_argv, "root": str(root), "backbone": row.backbone, "data_dir": args.data_dir}))  # fmt: skip
     try:
-        for row in rows:
-            for seed in args.seeds:
-                metrics = run_one(row, seed, args.runs_dir, args.data_dir, fit_args)
-                results.append({"row": row.name, "added": row.added, "backbone": row.backbone, "seed": seed,
-                                "test_acc": metrics["test_acc"], "val_acc": metrics["val_acc"],
-                                "train_seconds": metrics["train_seconds"], "epochs": metrics["epochs"]})  # fmt: skip
+        spread.check_spread_arguments(args)
+        for job in jobs.values():
+            if spread.finished(job) is None:
+                print(f"{job.name}: python -m fashion_conv.fit {shlex.join(job.kwargs['args'])}", flush=True)
+        outcome = spread.run_jobs(list(jobs.values()), args.workers, args.ray_address, args.threads_per_run,
+                                  lambda m: f"test acc {m['test_acc']:.4f}, val acc {m['val_acc']:.4f}, {m['train_seconds']:.0f} s")  # fmt: skip
     except FashionConvError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except spread.StudyStopped:
+        print(spread.stopped_hint(command), file=sys.stderr)
+        return 128 + signal.SIGTERM
+    results, missing = [], []
+    for row in rows:
+        for seed in args.seeds:
+            metrics = outcome.results.get(jobs[run_folder(row, seed, args.runs_dir)].name)
+            if metrics is None:
+                missing.append(f"{row.name} seed {seed}")
+                continue
+            test_acc = metrics["test_acc_no_tta"] if row.plain_test else metrics["test_acc"]
+            results.append({"row": row.name, "added": row.added, "backbone": row.backbone, "seed": seed,
+                            "test_acc": test_acc, "val_acc": metrics["val_acc"],
+                            "train_seconds": metrics["train_seconds"], "epochs": metrics["epochs"]})  # fmt: skip
+    if results:
+        write_results(args.out, results, report(summarise(results, missing), command, missing))
+    if missing:
+        print(f"error: {len(missing)} runs failed twice and are missing from the report: {', '.join(missing)}", file=sys.stderr)
+        for name, error in outcome.failed.items():
+            print(f"  {name}: {error.splitlines()[-1]}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def write_results(out: Path, results: list[dict], text: str) -> None:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(results[0]))
     writer.writeheader()
     writer.writerows(results)
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out / "results.csv", buffer.getvalue())
-    command = "python -m fashion_conv.ingredients " + " ".join(argv if argv is not None else sys.argv[1:])
-    text = report(summarise(results), command.strip())
-    atomic_write_text(args.out / "report.md", text)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "results.csv", buffer.getvalue())
+    atomic_write_text(out / "report.md", text)
     print(text)
-    return 0
 
 
 if __name__ == "__main__":

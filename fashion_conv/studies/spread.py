@@ -111,6 +111,7 @@ def run_jobs(
     else:
         executor = InlineExecutor(threads)
     print(f"{len(jobs) - len(todo)} of {len(jobs)} runs already finished; {len(todo)} to run on {executor}", flush=True)
+    _quiet()
     previous = signal.signal(signal.SIGTERM, _raise_stopped)
     try:
         _loop(todo, executor, outcome, describe, len(jobs))
@@ -215,6 +216,7 @@ def _quiet() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
+    warnings.filterwarnings("ignore", ".*args parameter is intended.*")  # a study's runs get a config, not its argv
 
 
 class ProcessExecutor:
@@ -267,11 +269,12 @@ class ProcessExecutor:
         return lost
 
     def close(self) -> None:
-        for process, tasks in self.slots:
-            if process.is_alive() and not self.jobs:
-                tasks.put(None)  # done: let it finish on its own
+        busy = set(self.jobs.values())
+        for slot, (process, tasks) in enumerate(self.slots):
+            if slot in busy:
+                process.kill()  # stopped mid-run: the next start trains this run again from its start
             else:
-                process.terminate()
+                tasks.put(None)  # idle: let it finish on its own
         for process, _ in self.slots:
             process.join(timeout=10)
             if process.is_alive():
