@@ -34,10 +34,10 @@ def add_spread_arguments(parser) -> None:
                         help="runs at a time: local worker processes (one GPU each when there are GPUs), or with "
                              "--ray-address the most Ray tasks at a time (default: 1, in this process)")
     parser.add_argument("--ray-address", metavar="auto|HOST:PORT",
-                        help="run on this Ray cluster (pip install 'fashion_conv[ray]'); auto: the one started here")
+                        help="run on this Ray cluster (pip install 'fashion_conv[ray]'); auto: the one `ray start` started here")
     parser.add_argument("--threads-per-run", type=int, default=1,
                         help="CPU threads of each run, the same whatever --workers, since the thread count changes "
-                             "float rounding and so the numbers (default: 1; give each worker cores/workers)")  # fmt: skip
+                             "float rounding and so the numbers (default: 1; for speed, --workers = cores / threads per run)")  # fmt: skip
 
 
 def check_spread_arguments(args) -> None:
@@ -62,9 +62,6 @@ class Job:
 class Outcome:
     results: dict[str, dict]  # job name -> what its function returned (read back for finished runs)
     failed: dict[str, str]  # job name -> its last error, after the retry
-
-    def missing(self, jobs: list[Job]) -> list[str]:
-        return [j.name for j in jobs if j.name not in self.results]
 
 
 class StudyStopped(BaseException):
