@@ -107,3 +107,20 @@ def test_a_failing_run_is_retried_once_then_reported_by_name(data_dir, tmp_path,
 def test_bad_spread_options_fail_with_one_line(capsys):
     assert experiments(["--workers", "0"]) == 1
     assert capsys.readouterr().err.startswith("error: --workers and --threads-per-run must be at least 1")
+
+
+def test_num_classes_reaches_the_backbone_and_class_names_stay_importable():
+    import torch
+
+    import fashion_conv
+    from fashion_conv import FashionClassifier
+    from fashion_conv.classes import CLASS_NAMES
+    from fashion_conv.csvio import CLASS_NAMES as OLD_HOME
+    from fashion_conv.errors import FashionConvError
+
+    for backbone in ("mlp", "cnn", "cnn5", "convnet"):
+        assert FashionClassifier(backbone, num_classes=7)(torch.rand(2, 1, 28, 28)).shape == (2, 7)
+    assert FashionClassifier("nets.TinyNet")(torch.rand(2, 1, 28, 28)).shape == (2, 10)  # no num_classes argument
+    with pytest.raises(FashionConvError, match="contradicts num_classes=7"):
+        FashionClassifier("cnn", backbone_kwargs={"num_classes": 5}, num_classes=7)
+    assert fashion_conv.CLASS_NAMES is CLASS_NAMES is OLD_HOME and CLASS_NAMES[9] == "Ankle boot"

@@ -213,6 +213,7 @@ def _quiet() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
+    warnings.filterwarnings("ignore", ".*LeafSpec.*")  # Lightning's own deprecation, once per run otherwise
     warnings.filterwarnings("ignore", ".*args parameter is intended.*")  # a study's runs get a config, not its argv
 
 
