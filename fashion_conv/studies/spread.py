@@ -289,7 +289,10 @@ class RayExecutor:
             raise FashionConvError("--ray-address needs Ray: pip install 'fashion_conv[ray]'") from None
         self.ray = ray
         if not ray.is_initialized():
-            ray.init(address=address, log_to_driver=False)
+            try:
+                ray.init(address=address, log_to_driver=False)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                raise FashionConvError(f"--ray-address {address}: no Ray cluster there ({str(exc).splitlines()[0]})") from None
         resources = ray.cluster_resources()
         gpus = 1 if resources.get("GPU", 0) > 0 else 0
         self.remote = ray.remote(num_cpus=threads, num_gpus=gpus, max_retries=0)(execute)
