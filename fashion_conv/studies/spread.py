@@ -101,19 +101,20 @@ def run_jobs(
             outcome.results[job.name] = done
     if not todo:
         return outcome
-    if ray_address:
-        executor = RayExecutor(ray_address, workers, threads)
-    elif workers > 1:
-        executor = ProcessExecutor(min(workers, len(todo)), threads)
-    else:
-        executor = InlineExecutor(threads)
-    print(f"{len(jobs) - len(todo)} of {len(jobs)} runs already finished; {len(todo)} to run on {executor}", flush=True)
     _quiet()
-    previous = signal.signal(signal.SIGTERM, _raise_stopped)
+    previous, executor = signal.signal(signal.SIGTERM, _raise_stopped), None
     try:
+        if ray_address:
+            executor = RayExecutor(ray_address, workers, threads)
+        elif workers > 1:
+            executor = ProcessExecutor(min(workers, len(todo)), threads)
+        else:
+            executor = InlineExecutor(threads)
+        print(f"{len(jobs) - len(todo)} of {len(jobs)} runs already finished; {len(todo)} to run on {executor}", flush=True)
         _loop(todo, executor, outcome, describe, len(jobs))
     finally:
-        executor.close()
+        if executor is not None:
+            executor.close()
         signal.signal(signal.SIGTERM, previous)
     return outcome
 
@@ -137,8 +138,9 @@ def _loop(todo: list[Job], executor, outcome: Outcome, describe, total: int) -> 
                 outcome.results[job.name] = result
                 finished_now += 1
                 eta = (time.perf_counter() - start) / finished_now * (len(pending) + len(running))
-                print(f"[{len(outcome.results)}/{total}] {job.name}: {describe(result)} | running {len(running)}, "
-                      f"left {len(pending)}, ETA {_minutes(eta)}", flush=True)  # fmt: skip
+                starting = min(len(pending), executor.capacity - len(running))  # refilled right after this line
+                print(f"[{len(outcome.results)}/{total}] {job.name}: {describe(result)} | running {len(running) + starting}, "
+                      f"left {len(pending) - starting}, ETA {_minutes(eta)}", flush=True)  # fmt: skip
             elif attempts[index] < RETRIES:
                 attempts[index] += 1
                 pending.appendleft(index)
