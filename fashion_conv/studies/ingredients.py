@@ -7,9 +7,9 @@ the checkpoint chosen by validation accuracy. Writes ``results.csv`` and ``repor
 
 Each run goes through ``fit.run``, the path of ``python -m fashion_conv.fit``, into a normal run folder under
 ``--runs-dir`` (default ``lightning_logs/studies/ingredients/<row>/seed<k>``), so an interrupted study resumes
-where it stopped (finished runs are not trained again; use a fresh ``--runs-dir`` after changing the
-arguments). ``--workers``/``--ray-address`` spread the runs (see ``fashion_conv.studies.spread``). Arguments it
-does not know go to every ``fit`` run.
+where it stopped (finished runs are not trained again; a run made with other arguments is). ``--workers`` and
+``--ray-address`` spread the runs (see ``fashion_conv.studies.spread``). Arguments it does not know go to every
+``fit`` run.
 """
 
 from __future__ import annotations
@@ -90,15 +90,13 @@ def fit_args(row: Row, seed: int, root: Path, data_dir: str, extra: list[str]) -
 
 
 def train_one(args: list[str], root: str, backbone: str, data_dir: str) -> dict:
-    """One run through ``fit.run`` (or read back when its ``metrics.json`` is there); its metrics, and for a run
-    tested with flip TTA also ``test_acc_no_tta``, its best checkpoint tested once more without TTA."""
+    """One run through ``fit.run``: its metrics, and for a run tested with flip TTA also ``test_acc_no_tta``, its
+    best checkpoint tested once more without TTA. (Finished runs are not called again: see ``studies.spread``.)"""
     from fashion_conv import fit
 
-    metrics_path = Path(root) / "lightning_logs" / backbone / "version_0" / "metrics.json"
-    if not metrics_path.exists():
-        shutil.rmtree(Path(root) / "lightning_logs", ignore_errors=True)  # a stopped run starts again as version_0
-        fit.run(args)
-    metrics = json.loads(metrics_path.read_text())
+    shutil.rmtree(Path(root) / "lightning_logs", ignore_errors=True)  # a stopped run starts again as version_0
+    fit.run(args)
+    metrics = json.loads((Path(root) / "lightning_logs" / backbone / "version_0" / "metrics.json").read_text())
     if metrics["tta_hflip"]:
         metrics["test_acc_no_tta"] = _test_without_tta(metrics["best_checkpoint"], data_dir, metrics["precision"])
     return metrics
@@ -192,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         spread.check_spread_arguments(args)
         for job in jobs.values():
-            if spread.finished(job) is None:
+            if spread.finished(job, args.threads_per_run) is None:
                 print(f"{job.name}: python -m fashion_conv.fit {shlex.join(job.kwargs['args'])}", flush=True)
         outcome = spread.run_jobs(list(jobs.values()), args.workers, args.ray_address, args.threads_per_run,
                                   lambda m: f"test acc {m['test_acc']:.4f}, val acc {m['val_acc']:.4f}, {m['train_seconds']:.0f} s")  # fmt: skip

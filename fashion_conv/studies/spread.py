@@ -68,9 +68,16 @@ class StudyStopped(BaseException):
     """SIGTERM reached the study: stop the runs; the next start continues where this one stopped."""
 
 
-def finished(job: Job) -> dict | None:
+def finished(job: Job, threads: int) -> dict | None:
+    """What the job returned, if its run folder holds it from a run with the same settings (else it runs again)."""
     path = Path(job.cwd) / job.run_dir / RESULT_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+    saved = json.loads(path.read_text()) if path.is_file() else {}
+    return saved.get("result") if saved.get("settings") == settings(job, threads) else None
+
+
+def settings(job: Job, threads: int) -> str:
+    """The job's function, arguments and threads as text: a run folder left by other settings is not finished."""
+    return f"{job.fn.__module__}.{job.fn.__qualname__}({job.kwargs!r}), {threads} threads"
 
 
 def execute(job: Job, threads: int) -> dict:
@@ -82,7 +89,7 @@ def execute(job: Job, threads: int) -> dict:
     os.chdir(job.cwd)
     torch.set_num_threads(threads)
     result = job.fn(**job.kwargs)
-    atomic_write_text(job.run_dir / RESULT_FILE, json.dumps(result) + "\n")
+    atomic_write_text(job.run_dir / RESULT_FILE, json.dumps({"settings": settings(job, threads), "result": result}) + "\n")
     return result
 
 
@@ -94,12 +101,13 @@ def run_jobs(
     outcome = Outcome({}, {})
     todo = []
     for job in jobs:
-        done = finished(job)
+        done = finished(job, threads)
         if done is None:
             todo.append(job)
         else:
             outcome.results[job.name] = done
     if not todo:
+        print(f"all {len(jobs)} runs already finished", flush=True)
         return outcome
     _quiet()
     previous, executor = signal.signal(signal.SIGTERM, _raise_stopped), None
