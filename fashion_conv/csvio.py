@@ -218,6 +218,10 @@ def _cache_paths(csv_path: Path) -> list[Path]:
     return [csv_path.parent / ".cache" / f"{csv_path.name}.npy", user / f"{where}-{csv_path.name}.npy"]
 
 
+def _cache_path(csv_path: Path) -> Path:
+    return _cache_paths(csv_path)[0]
+
+
 def _digest(raw: bytes) -> bytes:
     return hashlib.blake2b(raw, digest_size=16).digest()
 

@@ -24,7 +24,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from fashion_conv.atomic import atomic_path, atomic_write_text
-from fashion_conv.backbones import read_weights_file
+from fashion_conv.weights import read_weights_file
 from fashion_conv.checkpoints import AtomicCheckpointIO, GracefulStop
 from fashion_conv.dashboards import DatasetDashboards
 from fashion_conv.datamodule import FashionMNISTDataModule
