@@ -1,9 +1,10 @@
-"""Checkpoints: written atomically, and written on SIGTERM before the process exits."""
+"""Checkpoints: written atomically, and written on SIGTERM or SIGINT before the process exits."""
 
 from __future__ import annotations
 
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,27 +25,60 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             super().save_checkpoint(checkpoint, tmp, storage_options)
 
 
+# The mid-epoch resume contract, in three places that must agree (why: Lightning restores the optimizer and the
+# step count, but not where in the epoch's shuffle a run stopped, nor state its hooks would have reset):
+# - GracefulStop (below) saves ``mid_epoch`` = (epoch, batches done) in the checkpoint and, on resume, tells
+#   the sampler to skip ``batches x batch_size`` samples; fit.py refuses a resume whose batch size differs, so
+#   the count stays true;
+# - EpochShuffle (datamodule.py) draws each epoch's order from (seed, epoch) only, so the skipped samples are
+#   exactly those already trained on;
+# - FashionClassifier.__init__ (module.py) runs on_train_epoch_start itself, since a resumed epoch skips that hook.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
 class GracefulStop(Callback):
-    """On SIGTERM (what schedulers send), write ``last.ckpt`` before the next batch and exit with 143.
+    """On SIGTERM (what schedulers send) or SIGINT (Ctrl-C), write ``last.ckpt`` before the next batch and stop.
 
     The checkpoint records how many batches of the epoch were done; on resume the shuffle skips exactly
     those, so the run continues as if it had never stopped. (Lightning's own SIGTERM handling finishes
-    the epoch, or aborts validation and loses it, before stopping.)
+    the epoch, or aborts validation and loses it, before stopping; its Ctrl-C handling tests and reports
+    the partial run.) It also carries the run's training time across resumes (``train_seconds``).
     """
 
     def __init__(self) -> None:
-        self.requested = False
+        self.signum: int | None = None
         self._resume: tuple[int, int] | None = None
-        self._previous_handler = None
+        self._previous_handlers: dict[int, Any] = {}
+        self._seconds_before, self._started = 0.0, None
 
-    def _on_sigterm(self, signum, frame) -> None:
-        self.requested = True
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
 
-    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def _on_signal(self, signum, frame) -> None:
+        self.signum = signum
+
+    def catch_signals(self, trainer: Trainer) -> bool:
+        """Record SIGTERM and SIGINT instead of dying, until ``restore_signals``; False where it cannot (see below)."""
         # One process only: under DDP a save needs every rank, so Lightning's own handling (stop all ranks at the
         # end of the epoch, after its checkpoint) stays in charge there.
-        if trainer.world_size == 1 and threading.current_thread() is threading.main_thread():
-            self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
+        if self._previous_handlers or trainer.world_size != 1 or threading.current_thread() is not threading.main_thread():
+            return False
+        self._previous_handlers = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
+        return True
+
+    def restore_signals(self) -> None:
+        for signum, handler in self._previous_handlers.items():
+            signal.signal(signum, handler)
+        self._previous_handlers = {}
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self._seconds_before, self._started = 0.0, None  # a resumed run's total comes from load_state_dict
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._own_handlers = self.catch_signals(trainer)  # False when fit.main already catches them for the whole run
+        self._started = time.perf_counter()
         if self._resume is not None:
             epoch, batches = self._resume
             sampler = getattr(trainer.train_dataloader, "sampler", None)
@@ -60,15 +94,21 @@ class GracefulStop(Callback):
             raise SIGTERMException
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._restore_handler()
+        self._stop_clock()
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
-        self._restore_handler()
+        self._stop_clock()
 
-    def _restore_handler(self) -> None:
-        if self._previous_handler is not None:
-            signal.signal(signal.SIGTERM, self._previous_handler)
-            self._previous_handler = None
+    def _stop_clock(self) -> None:
+        self._seconds_before, self._started = self.train_seconds(), None
+        if getattr(self, "_own_handlers", False):
+            self.restore_signals()
+            self._own_handlers = False
+
+    def train_seconds(self) -> float:
+        """Seconds spent in training loops by this run, over every process that resumed it."""
+        running = time.perf_counter() - self._started if self._started is not None else 0.0
+        return self._seconds_before + running
 
     @staticmethod
     def last_path(trainer: Trainer) -> Path:
@@ -79,8 +119,9 @@ class GracefulStop(Callback):
 
     def state_dict(self) -> dict[str, Any]:
         stopping = getattr(self, "_stopping_at", None)
-        return {"mid_epoch": list(stopping) if stopping else None}
+        return {"mid_epoch": list(stopping) if stopping else None, "train_seconds": self.train_seconds()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         mid = state_dict.get("mid_epoch")
         self._resume = tuple(mid) if mid else None
+        self._seconds_before = float(state_dict.get("train_seconds") or 0.0)
