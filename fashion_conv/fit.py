@@ -25,7 +25,7 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from fashion_conv.atomic import atomic_path, atomic_write_text
+from fashion_conv.atomic import WriteError, atomic_path, atomic_write_text
 from fashion_conv.weights import checkpoint_backbone, read_weights_file
 from fashion_conv.checkpoints import AtomicCheckpointIO, GracefulStop
 from fashion_conv.dashboards import DatasetDashboards
@@ -222,7 +222,7 @@ def train_and_test(trainer: Trainer, model: LightningModule, data: LightningData
         "backbone": model.hparams.backbone,
         "params": model.num_params,
         "epochs": trainer.current_epoch,
-        "val_acc": float(checkpoint.best_model_score) if best else None,
+        "val_acc": float(checkpoint.best_model_score) if best and checkpoint.best_model_score is not None else None,
         "test_acc": tested["test/acc"],
         "test_loss": tested["test/loss"],
         "tta_hflip": bool(model.hparams.get("tta_hflip", False)),  # val_acc and test_acc averaged over mirror images
@@ -320,6 +320,9 @@ def main(argv: list[str] | None = None) -> int:
     except argparse.ArgumentError as exc:
         print(f"error: {short_parse_error(exc)} (see python -m fashion_conv.fit --help)", file=sys.stderr)
         return 2
+    except WriteError as exc:  # a full disk or quota: every earlier file is complete, since writes are atomic
+        print(f"error: {exc}; free space, then resume with --ckpt_path last", file=sys.stderr)
+        return _failed(cli, 1)
     except (FashionConvError, MisconfigurationException) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return _failed(cli, 1)
@@ -331,10 +334,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"Stopped by {signal.Signals(signum).name} before the first checkpoint; nothing to resume.", file=sys.stderr)
         return _failed(cli, 128 + signum)
-    except OSError as exc:  # a disk full, a quota, a folder turned read-only: the writes are atomic
-        where = exc.filename or "a file of the run"
-        print(f"error: {where}: cannot write it ({exc.strerror or exc}); nothing was lost: every file written "
-              "before is complete (written atomically), so free space and resume with --ckpt_path last", file=sys.stderr)  # fmt: skip
+    except OSError as exc:  # a write outside atomic_path (TensorBoard's event file, config.yaml) on a full disk
+        where = exc.filename2 or exc.filename or "a file of the run"
+        print(f"error: {where}: cannot write it ({exc.strerror or exc}); nothing was lost: the checkpoints written "
+              "before are complete, so free space, then resume with --ckpt_path last", file=sys.stderr)  # fmt: skip
         return _failed(cli, 1)
     if cli.trainer.is_global_zero:
         print_summary(summary)
