@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -48,6 +49,8 @@ def open_image(path: str | Path) -> Image.Image:
                 img = Image.fromarray(((values - values.min()) * (255 / span if span else 0)).astype(np.uint8))
             return img.convert("L")
     except FileNotFoundError:
+        if Path(path).is_symlink():
+            raise DataError(path, f"dangling symbolic link: its target {os.readlink(path)} does not exist") from None
         raise DataError(path, "no such file") from None
     except Exception as exc:  # Pillow reports undecodable files with many exception types
         detail = str(exc).splitlines()[0] if str(exc) else "no detail"
@@ -117,7 +120,7 @@ def expand(arg: str) -> list[Path]:
     path = Path(arg)
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
-        files = [p for p in files if p.is_file()]
+        files = [p for p in files if p.is_file() or (p.is_symlink() and not p.exists())]  # a dangling link is reported
         if not files:
             raise DataError(path, f"folder holds no images (looked for {', '.join(IMAGE_SUFFIXES)})")
         return files
@@ -219,6 +222,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return predict(argv)
+    except BrokenPipeError:  # the reader stopped early (``| head``): not an error worth a traceback
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python flushes stdout again at exit; let that go nowhere
+        return 128 + 13  # killed by SIGPIPE, as a C tool would report it
+
+
+def predict(argv: list[str] | None = None) -> int:
+    """``main`` without the broken-pipe handling."""
     args = build_parser().parse_args(argv)
     try:
         model = load_model(args.checkpoint, args.weights, args.backbone)
