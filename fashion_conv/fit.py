@@ -255,6 +255,7 @@ def _write_outputs(trainer: Trainer, model: FashionClassifier, summary: dict) ->
         torch.save({k: v.cpu() for k, v in model.backbone.state_dict().items()}, tmp)
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
+            drop_earlier_hparams(Path(logger.log_dir), _open_event_file(logger))
             hp = {k: v for k, v in summary.items() if k in ("backbone", "params", "seed", "precision", "epochs")}
             hp.update({k: model.hparams[k] for k in RECIPE_MODEL_HPARAMS if k in model.hparams})
             data_hp = trainer.datamodule.hparams
@@ -272,6 +273,35 @@ def _failed(cli: FashionCLI | None, status: int) -> int:
         except OSError:
             pass  # not empty: it holds this run's checkpoints or logs
     return status
+
+
+def _open_event_file(logger: TensorBoardLogger) -> str | None:
+    """The event file the logger's writer holds open, if any (Lightning closes it after fit and after test)."""
+    writer = getattr(logger, "_experiment", None)
+    file_writer = getattr(writer, "file_writer", None)
+    return getattr(getattr(file_writer, "event_writer", None), "_file_name", None)
+
+
+def drop_earlier_hparams(run_dir: Path, open_file: str | None = None) -> None:
+    """Remove the HPARAMS entries that earlier processes of this run wrote (a finished run resumed for more epochs).
+
+    TensorBoard shows the first ``_hparams_/session_start_info`` of a run folder and ignores later ones, so the
+    run's totals (epochs) would stay those of its first finish. Other events are copied byte for byte, atomically.
+    """
+    from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
+    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    for events in run_dir.glob("events.out.tfevents.*"):
+        if open_file and events.samefile(open_file):  # still being written
+            continue
+        records = list(RawEventFileLoader(str(events)).Load())
+        keep = [r for r in records if not any(v.tag.startswith("_hparams_/") for v in Event.FromString(r).summary.value)]
+        if len(keep) < len(records):
+            with atomic_path(events) as tmp, open(tmp, "wb") as f:
+                writer = RecordWriter(f)
+                for record in keep:
+                    writer.write(record)
 
 
 def print_summary(summary: dict) -> None:

@@ -93,6 +93,21 @@ def test_ckpt_path_last_on_a_finished_run_keeps_its_totals(finished_run, tmp_pat
     assert main(fit_args(data, work, "--ckpt_path", "last", "--trainer.max_epochs", "2")) == 0  # one more epoch
     longer = json.loads((run_dir(work) / "metrics.json").read_text())
     assert longer["epochs"] == 2 and longer["train_seconds"] > again["train_seconds"]
+    assert hparams_epochs(run_dir(work)) == [2]  # TensorBoard shows the first entry only: the earlier ones are gone
+
+
+def hparams_epochs(run: Path) -> list:
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    found = []
+    for events in sorted(run.glob("events.out.tfevents.*")):
+        for event in EventFileLoader(str(events)).Load():
+            for value in event.summary.value:
+                if value.tag == "_hparams_/session_start_info":
+                    data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
+                    found.append(data.session_start_info.hparams["epochs"].number_value)
+    return found
 
 
 def start_gated(args: list[str], gate: Path, cwd: Path) -> subprocess.Popen:
