@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
 from fashion_conv.errors import FashionConvError
+
+
+_NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}  # the disk, not the data, is the problem
 
 
 @contextlib.contextmanager
@@ -25,6 +29,8 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
             os.fsync(f.fileno())
         os.replace(tmp_path, target)
     except OSError as exc:
+        if exc.errno not in _NO_ROOM:
+            raise  # e.g. an HTTP error while downloading into the file: the caller's to explain
         raise WriteError(target, exc.strerror or str(exc)) from exc
     except RuntimeError as exc:  # torch.save reports a full disk as "PytorchStreamWriter failed writing file ..."
         if "write" not in str(exc):
