@@ -170,6 +170,28 @@ def test_ctrl_c_mid_epoch_checkpoints_and_reports_nothing(tiny_data_dir, tmp_pat
 
 
 @pytest.mark.slow
+def test_a_signal_while_testing_reports_nothing(tiny_data_dir, tmp_path):
+    """SIGTERM during the final test: the trained epochs are in last.ckpt; no metrics.json for an untested run."""
+    marker = tmp_path / "testing"
+    args = fit_args(tiny_data_dir, tmp_path / "runs", "--data.eval_batch_size", "8", "--trainer.callbacks+=nets.PauseInTest",
+                    f"--trainer.callbacks.marker={marker}")  # fmt: skip
+    proc = subprocess.Popen([PYTHON, "-m", "fashion_conv.fit", *args], cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while not marker.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.poll() is not None else "timeout"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 143, out
+    assert "Stopped by SIGTERM;" in out and "Traceback" not in out and "run summary" not in out
+    run = run_dir(tmp_path / "runs")
+    assert not (run / "metrics.json").exists() and not (run / "model.pth").exists()
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 0  # the one epoch, finished
+    assert main(fit_args(tiny_data_dir, tmp_path / "runs", "--ckpt_path", "last")) == 0  # resuming tests it
+    assert json.loads((run / "metrics.json").read_text())["epochs"] == 1
+
+
+@pytest.mark.slow
 def test_a_full_disk_is_one_error_line_and_loses_nothing(tiny_data_dir, tmp_path):
     """The run folder on a real 900 KB tmpfs: the first checkpoint fits, the second does not."""
     runs = tmp_path / "runs"
