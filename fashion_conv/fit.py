@@ -84,7 +84,11 @@ def check_resume(path: Path, config) -> None:
     if "state_dict" not in ckpt or "loops" not in ckpt:
         kind = "a model.pth (weights only)" if "state_dict" not in ckpt else "not a training checkpoint"
         raise FashionConvError(f"{path}: is {kind}; --ckpt_path needs a training checkpoint such as <run>/checkpoints/last.ckpt")
-    name, _ = checkpoint_backbone(ckpt, path, trusted=_backbone_name(config.model))
+    requested = _backbone_name(config.model)
+    held = (ckpt.get("hyper_parameters") or {}).get("backbone")
+    if isinstance(held, str) and held != requested:
+        raise FashionConvError(f"{path}: holds a {held!r} backbone, but --model.backbone is {requested!r}")
+    checkpoint_backbone(ckpt, path, trusted=requested)
     hp, data_hp = ckpt["hyper_parameters"], ckpt.get("datamodule_hyper_parameters") or {}
     asked = {f"model.{k}": getattr(config.model, k, None) for k in MODEL_FIXED}
     asked.update({f"data.{k}": getattr(config.data, k, None) for k in DATA_FIXED})

@@ -56,7 +56,7 @@ def snapshot(folder: Path) -> dict:
 @pytest.mark.parametrize(
     "case, extra, message",
     [
-        ("other backbone", ["--model.backbone", "cnn5"], "holds a 'mlp' backbone, but --backbone says 'cnn5'"),
+        ("other backbone", ["--model.backbone", "cnn5"], "holds a 'mlp' backbone, but --model.backbone is 'cnn5'"),
         ("model.pth", [], "is a model.pth (weights only); --ckpt_path needs a training checkpoint"),
         ("changed lr", ["--model.lr", "0.01"], "was trained with --model.lr 0.001 (now 0.01); a resumed run keeps its settings"),
         ("changed batch size", ["--data.batch_size", "16", "--model.lr_schedule", "cosine"],
