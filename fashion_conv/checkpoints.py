@@ -48,7 +48,8 @@ class GracefulStop(Callback):
     def __init__(self) -> None:
         self.signum: int | None = None
         self._resume: tuple[int, int] | None = None
-        self._previous_handlers: dict[int, Any] = {}
+        self._run_handlers: dict[int, Any] = {}  # what catch_signals replaced
+        self._train_handlers: dict[int, Any] = {}  # what on_train_start replaced
         self._seconds_before, self._started = 0.0, None
 
     @property
@@ -59,25 +60,43 @@ class GracefulStop(Callback):
         self.signum = signum
 
     def catch_signals(self, trainer: Trainer) -> bool:
-        """Record SIGTERM and SIGINT instead of dying, until ``restore_signals``; False where it cannot (see below)."""
-        # One process only: under DDP a save needs every rank, so Lightning's own handling (stop all ranks at the
-        # end of the epoch, after its checkpoint) stays in charge there.
-        if self._previous_handlers or trainer.world_size != 1 or threading.current_thread() is not threading.main_thread():
+        """Record SIGTERM and SIGINT instead of dying, until ``restore_signals``; False where it cannot (see below).
+
+        fit.main calls this for the whole run (data set-up, validation, test, writing the outputs), so a signal
+        there also stops the run without a report.
+        """
+        if self._run_handlers or not self._can_catch(trainer):
             return False
-        self._previous_handlers = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
+        self._run_handlers = self._install()
         return True
 
     def restore_signals(self) -> None:
-        for signum, handler in self._previous_handlers.items():
+        self._run_handlers = self._restore(self._run_handlers)
+
+    @staticmethod
+    def _can_catch(trainer: Trainer) -> bool:
+        # One process only: under DDP a save needs every rank, so Lightning's own handling (stop all ranks at the
+        # end of the epoch, after its checkpoint) stays in charge there.
+        return trainer.world_size == 1 and threading.current_thread() is threading.main_thread()
+
+    def _install(self) -> dict[int, Any]:
+        return {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
+
+    @staticmethod
+    def _restore(handlers: dict[int, Any]) -> dict[int, Any]:
+        for signum, handler in handlers.items():
             signal.signal(signum, handler)
-        self._previous_handlers = {}
+        return {}
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage == "fit":
             self._seconds_before, self._started = 0.0, None  # a resumed run's total comes from load_state_dict
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._own_handlers = self.catch_signals(trainer)  # False when fit.main already catches them for the whole run
+        if self._can_catch(trainer):
+            # Set again even when fit.main already did: Lightning's fit wraps the SIGTERM handler with its own,
+            # which would stop after the current batch, before this callback could write the mid-epoch checkpoint.
+            self._train_handlers = self._install()
         self._started = time.perf_counter()
         if self._resume is not None:
             epoch, batches = self._resume
@@ -101,9 +120,7 @@ class GracefulStop(Callback):
 
     def _stop_clock(self) -> None:
         self._seconds_before, self._started = self.train_seconds(), None
-        if getattr(self, "_own_handlers", False):
-            self.restore_signals()
-            self._own_handlers = False
+        self._train_handlers = self._restore(self._train_handlers)
 
     def train_seconds(self) -> float:
         """Seconds spent in training loops by this run, over every process that resumed it."""

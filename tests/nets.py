@@ -39,3 +39,16 @@ class PauseInTest(Callback):
         if batch_idx == 0:
             self.marker.write_text(str(os.getpid()))
             time.sleep(self.seconds)
+
+
+class RecordSigterm(Callback):
+    """Test helper: write the name of the SIGTERM handler in force during the first training batch to ``path``."""
+
+    def __init__(self, path: str):
+        self.path = Path(path)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx == 0:
+            import signal
+
+            self.path.write_text(getattr(signal.getsignal(signal.SIGTERM), "__qualname__", "other"))

@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -107,6 +108,16 @@ def hparams_epochs(run: Path) -> list:
                     data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
                     found.append(data.session_start_info.hparams["epochs"].number_value)
     return found
+
+
+def test_sigterm_during_training_reaches_the_checkpointing_handler(tiny_data_dir, tmp_path):
+    """Lightning wraps the SIGTERM handler at fit start with one that stops after the batch, without a mid-epoch
+    checkpoint; while training, GracefulStop's own handler must be the one in force."""
+    record = tmp_path / "handler"
+    args = fit_args(tiny_data_dir, tmp_path / "runs", "--trainer.callbacks+=nets.RecordSigterm", f"--trainer.callbacks.path={record}")
+    sys.path.insert(0, str(REPO / "tests"))
+    assert main(args) == 0
+    assert record.read_text() == "GracefulStop._on_signal"
 
 
 def start_gated(args: list[str], gate: Path, cwd: Path) -> subprocess.Popen:
