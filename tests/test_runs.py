@@ -123,9 +123,10 @@ def test_sigterm_during_training_reaches_the_checkpointing_handler(tiny_data_dir
 def start_gated(args: list[str], gate: Path, cwd: Path) -> subprocess.Popen:
     """A fit process that imports everything, then waits for ``gate`` to exist, so several start at the same moment."""
     code = (
-        "import sys, time, pathlib\n"
+        "import os, sys, time, pathlib\n"
         "from fashion_conv.fit import main\n"
         "gate = pathlib.Path(sys.argv[1])\n"
+        "gate.with_name(f'ready-{os.getpid()}').touch()\n"
         "while not gate.exists(): time.sleep(0.001)\n"
         "sys.exit(main(sys.argv[2:]))\n"
     )
@@ -136,7 +137,10 @@ def start_gated(args: list[str], gate: Path, cwd: Path) -> subprocess.Popen:
 def test_runs_started_together_get_their_own_folders(tiny_data_dir, tmp_path):
     gate = tmp_path / "go"
     procs = [start_gated(fit_args(tiny_data_dir, tmp_path / "runs", "--seed_everything", str(s)), gate, tmp_path) for s in (0, 1, 2)]
-    time.sleep(8)  # all three are past their imports and waiting
+    deadline = time.monotonic() + 120
+    while len(list(tmp_path.glob("ready-*"))) < 3:  # all three are past their imports and waiting
+        assert time.monotonic() < deadline and all(p.poll() is None for p in procs)
+        time.sleep(0.05)
     gate.touch()
     for proc in procs:
         out, _ = proc.communicate(timeout=300)
