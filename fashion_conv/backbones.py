@@ -9,16 +9,15 @@ This file imports torch only (no Lightning), so a trained ``model.pth`` can be s
 from __future__ import annotations
 
 import importlib
-import re
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from fashion_conv.errors import FashionConvError
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+MAX_PARAMETERS = 100_000_000  # 400 MB of float32 weights, 200x the largest backbone here
 
 
 def register_backbone(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
@@ -40,6 +39,7 @@ def list_backbones() -> list[str]:
 def build_backbone(name: str, **kwargs) -> nn.Module:
     """A registered backbone by name (``mlp``, ``cnn``, ``cnn5``), or any class by import path (``pkg.mod.Net``)."""
     if name in _REGISTRY:
+        check_backbone_kwargs(name, kwargs)
         return _REGISTRY[name](**kwargs)
     if "." in name:
         module_name, _, attr = name.rpartition(".")
@@ -54,55 +54,34 @@ def build_backbone(name: str, **kwargs) -> nn.Module:
     raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(list_backbones())} or give a class path like my_pkg.nets.MyNet")
 
 
+def check_backbone_kwargs(name: str, kwargs: dict) -> None:
+    """Refuse kwargs for registered backbone ``name`` that are not plain values, or that build a broken or
+    oversized network: it is built on the meta device first (shapes only, no memory), so a checkpoint's
+    ``{"hidden": 500000}`` fails here instead of allocating gigabytes."""
+    for key, value in kwargs.items():
+        plain = isinstance(value, (bool, int, float, str)) or (
+            isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        )
+        if not plain:
+            raise ValueError(f"backbone_kwargs {key!r} is a {type(value).__name__}; expected a number, string or list of integers")
+    try:
+        with torch.device("meta"):
+            params = count_parameters(_REGISTRY[name](**kwargs))
+    except (RuntimeError, OverflowError) as exc:
+        raise ValueError(f"{name} with {kwargs}: {str(exc).splitlines()[0]}") from None
+    if params > MAX_PARAMETERS:
+        raise ValueError(f"{name} with {kwargs} has {params:,} parameters, more than the {MAX_PARAMETERS:,} allowed")
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
 def load_backbone(path: str | Path, name: str, **kwargs) -> nn.Module:
     """Rebuild backbone ``name`` from a ``model.pth`` state dict (``weights_only=True``), in eval mode, on CPU."""
-    return into_backbone(read_weights_file(path), name, kwargs, path)
+    from fashion_conv.weights import load_backbone as load  # reading files lives in weights.py
 
-
-def read_weights_file(path: str | Path) -> dict:
-    """``torch.load(path, weights_only=True)`` on CPU, with errors a person can act on."""
-    path = Path(path)
-    if not path.exists():
-        raise FashionConvError(f"{path}: no such file")
-    if path.is_dir():
-        raise FashionConvError(f"{path}: is a folder, expected a .ckpt or .pth file")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except PermissionError:
-        raise FashionConvError(f"{path}: not readable (permission denied)") from None
-    except Exception as exc:  # torch reports bad files with many exception types
-        blocked = re.search(r"GLOBAL (\S+)", str(exc))
-        if blocked:
-            raise FashionConvError(
-                f"{path}: refused: loading it would run Python code ({blocked.group(1)}), so it is not plain weights; "
-                "fashion_conv loads tensors only (torch.load weights_only=True)"
-            ) from None
-        raise FashionConvError(f"{path}: not a PyTorch weights file, or a damaged one ({type(exc).__name__})") from None
-    if not isinstance(state, dict):
-        raise FashionConvError(f"{path}: holds a {type(state).__name__}, expected a state dict or a Lightning checkpoint")
-    return state
-
-
-def into_backbone(state: dict, name: str, kwargs: dict, path: str | Path) -> nn.Module:
-    """Build backbone ``name`` and load ``state`` into it, in eval mode; a mismatch is one clear error."""
-    try:
-        model = build_backbone(name, **kwargs)
-    except (ValueError, TypeError) as exc:
-        raise FashionConvError(f"{path}: cannot build backbone {name!r}: {exc}") from None
-    try:
-        model.load_state_dict(state)
-    except RuntimeError:
-        missing = len(set(model.state_dict()) - set(state))
-        unexpected = len(set(state) - set(model.state_dict()))
-        detail = f"{missing} tensors missing, {unexpected} unexpected" if missing or unexpected else "tensor shapes differ"
-        raise FashionConvError(
-            f"{path}: weights do not fit backbone {name!r} ({detail}); was it trained with another backbone or options?"
-        ) from None
-    return model.eval()
+    return load(path, name, **kwargs)
 
 
 @register_backbone("mlp")

@@ -1,9 +1,10 @@
-"""Checkpoints: written atomically, and written on SIGTERM before the process exits."""
+"""Checkpoints: written atomically, and written on SIGTERM or SIGINT before the process exits."""
 
 from __future__ import annotations
 
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,27 +24,79 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             super().save_checkpoint(checkpoint, tmp, storage_options)
 
 
+# The mid-epoch resume contract, in three places that must agree (why: Lightning restores the optimizer and the
+# step count, but not where in the epoch's shuffle a run stopped, nor state its hooks would have reset):
+# - GracefulStop (below) saves ``mid_epoch`` = (epoch, batches done) in the checkpoint and, on resume, tells
+#   the sampler to skip ``batches x batch_size`` samples; fit.py refuses a resume whose batch size differs, so
+#   the count stays true;
+# - EpochShuffle (datamodule.py) draws each epoch's order from (seed, epoch) only, so the skipped samples are
+#   exactly those already trained on;
+# - FashionClassifier.__init__ (module.py) runs on_train_epoch_start itself, since a resumed epoch skips that hook.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
 class GracefulStop(Callback):
-    """On SIGTERM (what schedulers send), write ``last.ckpt`` before the next batch and exit with 143.
+    """On SIGTERM (what schedulers send) or SIGINT (Ctrl-C), write ``last.ckpt`` before the next batch and stop.
 
     The checkpoint records how many batches of the epoch were done; on resume the shuffle skips exactly
     those, so the run continues as if it had never stopped. (Lightning's own SIGTERM handling finishes
-    the epoch, or aborts validation and loses it, before stopping.)
+    the epoch, or aborts validation and loses it, before stopping; its Ctrl-C handling tests and reports
+    the partial run.) It also carries the run's training time across resumes (``train_seconds``).
     """
 
     def __init__(self) -> None:
-        self.requested = False
+        self.signum: int | None = None
         self._resume: tuple[int, int] | None = None
-        self._previous_handler = None
+        self._run_handlers: dict[int, Any] = {}  # what catch_signals replaced
+        self._train_handlers: dict[int, Any] = {}  # what on_train_start replaced
+        self._seconds_before, self._started = 0.0, None
 
-    def _on_sigterm(self, signum, frame) -> None:
-        self.requested = True
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
 
-    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def _on_signal(self, signum, frame) -> None:
+        self.signum = signum
+
+    def catch_signals(self, trainer: Trainer) -> bool:
+        """Record SIGTERM and SIGINT instead of dying, until ``restore_signals``; False where it cannot (see below).
+
+        fit.main calls this for the whole run (data set-up, validation, test, writing the outputs), so a signal
+        there also stops the run without a report.
+        """
+        if self._run_handlers or not self._can_catch(trainer):
+            return False
+        self._run_handlers = self._install()
+        return True
+
+    def restore_signals(self) -> None:
+        self._run_handlers = self._restore(self._run_handlers)
+
+    @staticmethod
+    def _can_catch(trainer: Trainer) -> bool:
         # One process only: under DDP a save needs every rank, so Lightning's own handling (stop all ranks at the
         # end of the epoch, after its checkpoint) stays in charge there.
-        if trainer.world_size == 1 and threading.current_thread() is threading.main_thread():
-            self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
+        return trainer.world_size == 1 and threading.current_thread() is threading.main_thread()
+
+    def _install(self) -> dict[int, Any]:
+        return {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
+
+    @staticmethod
+    def _restore(handlers: dict[int, Any]) -> dict[int, Any]:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+        return {}
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self._seconds_before, self._started = 0.0, None  # a resumed run's total comes from load_state_dict
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._can_catch(trainer):
+            # Set again even when fit.main already did: Lightning's fit wraps the SIGTERM handler with its own,
+            # which would stop after the current batch, before this callback could write the mid-epoch checkpoint.
+            self._train_handlers = self._install()
+        self._started = time.perf_counter()
         if self._resume is not None:
             epoch, batches = self._resume
             sampler = getattr(trainer.train_dataloader, "sampler", None)
@@ -59,15 +112,19 @@ class GracefulStop(Callback):
             raise SIGTERMException
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._restore_handler()
+        self._stop_clock()
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
-        self._restore_handler()
+        self._stop_clock()
 
-    def _restore_handler(self) -> None:
-        if self._previous_handler is not None:
-            signal.signal(signal.SIGTERM, self._previous_handler)
-            self._previous_handler = None
+    def _stop_clock(self) -> None:
+        self._seconds_before, self._started = self.train_seconds(), None
+        self._train_handlers = self._restore(self._train_handlers)
+
+    def train_seconds(self) -> float:
+        """Seconds spent in training loops by this run, over every process that resumed it."""
+        running = time.perf_counter() - self._started if self._started is not None else 0.0
+        return self._seconds_before + running
 
     @staticmethod
     def last_path(trainer: Trainer) -> Path:
@@ -78,8 +135,9 @@ class GracefulStop(Callback):
 
     def state_dict(self) -> dict[str, Any]:
         stopping = getattr(self, "_stopping_at", None)
-        return {"mid_epoch": list(stopping) if stopping else None}
+        return {"mid_epoch": list(stopping) if stopping else None, "train_seconds": self.train_seconds()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         mid = state_dict.get("mid_epoch")
         self._resume = tuple(mid) if mid else None
+        self._seconds_before = float(state_dict.get("train_seconds") or 0.0)

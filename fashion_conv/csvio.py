@@ -2,11 +2,17 @@
 
 Reading validates the whole file before anything is returned and names the first problem by file,
 line and column. The checks are vectorised over the raw bytes, so a clean 130 MB file costs about a
-second; the parsed uint8 array is cached beside the CSV and reused while the CSV is unchanged.
+second; the parsed uint8 array is cached (beside the CSV, or in the user's cache folder when the data
+folder is read-only) and reused only while the CSV's bytes are the ones that were parsed (see ``_read_cache``).
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+import sys
+import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +35,9 @@ def write_csv(path: str | Path, labels: np.ndarray, images: np.ndarray) -> None:
     table = np.column_stack([labels.reshape(-1, 1), images.reshape(len(images), -1)]).astype(np.uint8)
     with atomic_path(path) as tmp:
         pd.DataFrame(table, columns=HEADER).to_csv(tmp, index=False, lineterminator="\n")
-    _write_cache(Path(path), table)
+    with open(path, "rb") as f:
+        raw, stat = f.read(), os.fstat(f.fileno())
+    _write_cache(Path(path), table, _digest(raw), stat)
 
 
 def read_csv(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
@@ -37,8 +45,12 @@ def read_csv(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     path = Path(path)
     table = _read_cache(path)
     if table is None:
-        table = parse_csv(path)
-        _write_cache(path, table)
+        with open(path, "rb") as f:  # one read: the cache key is the digest of exactly the bytes parsed
+            before = os.fstat(f.fileno())
+            raw = f.read()
+            stat = os.fstat(f.fileno())
+        table = _parse(path, HEADER, raw)
+        _write_cache(path, table, _digest(raw), stat if _same_file(before, stat) else None)
     return table[:, 0].copy(), table[:, 1:].reshape(-1, 28, 28)
 
 
@@ -61,9 +73,9 @@ def parse_csv(path: Path) -> np.ndarray:
     return _parse(path, HEADER)
 
 
-def _parse(path: Path, columns: list[str]) -> np.ndarray:
-    """Parse and validate a file whose header must be ``columns``; (N, len(columns)) uint8."""
-    raw = path.read_bytes()
+def _parse(path: Path, columns: list[str], raw: bytes | None = None) -> np.ndarray:
+    """Parse and validate a file (or its ``raw`` bytes) whose header must be ``columns``; (N, len(columns)) uint8."""
+    raw = path.read_bytes() if raw is None else raw
     if not raw.strip():
         raise DataError(path, f"file is empty; expected a header line {_spelled(columns)} and data rows")
     if raw.startswith(_BOM):  # harmless: written by some spreadsheet tools
@@ -188,32 +200,82 @@ def _line_col(raw: bytes, pos: int) -> tuple[int, int]:
     return _line_of(raw, pos), raw.count(b",", line_start, pos) + 1
 
 
+# ---- the parse cache ----
+# A cache file is a flat uint8 .npy: a 64-byte stamp, then the (N, 785) table. The stamp holds the CSV's stat
+# identity (size, mtime, ctime, inode, device; zeros when not trusted), the BLAKE2b digest of the CSV bytes that
+# were parsed, the CRC-32 of the table and a format tag. The digest is the key; the stat identity only lets a
+# warm start skip re-hashing: ctime changes with every write and cannot be set back (``cp -p``, ``rsync -t``
+# and ``touch -r`` restore the mtime only). A stat taken within _RACY_NS of the file's last change is not
+# trusted (a write in the same clock tick would leave it unchanged: git's "racy" rule), so it is re-hashed.
+_STAMP_BYTES, _TAG = 64, b"FCC1"
+_RACY_NS = 2_000_000_000
+
+
+def _cache_paths(csv_path: Path) -> list[Path]:
+    """Beside the CSV, then the user's cache folder (for read-only data folders), keyed by the CSV's full path."""
+    user = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fashion_conv"
+    where = hashlib.blake2b(str(csv_path.resolve()).encode(), digest_size=8).hexdigest()
+    return [csv_path.parent / ".cache" / f"{csv_path.name}.npy", user / f"{where}-{csv_path.name}.npy"]
+
+
 def _cache_path(csv_path: Path) -> Path:
-    return csv_path.parent / ".cache" / f"{csv_path.name}.npy"
+    return _cache_paths(csv_path)[0]
 
 
-def _fingerprint(csv_path: Path) -> np.ndarray:
-    st = csv_path.stat()
-    return np.array([st.st_size, st.st_mtime_ns], dtype=np.int64)
+def _digest(raw: bytes) -> bytes:
+    return hashlib.blake2b(raw, digest_size=16).digest()
 
 
-def _write_cache(csv_path: Path, table: np.ndarray) -> None:
-    """Cache = the table plus the CSV's size and mtime, in one .npz-free .npy: 16 header bytes then rows."""
-    stamp = _fingerprint(csv_path).view(np.uint8)
-    with atomic_path(_cache_path(csv_path)) as tmp, open(tmp, "wb") as f:
-        np.save(f, np.concatenate([stamp, table.ravel()]), allow_pickle=False)
+def _identity(stat: os.stat_result | None) -> np.ndarray:
+    """(5,) int64: what changes when a file's bytes may have changed; zeros for none or a racy one."""
+    if stat is None or time.time_ns() - stat.st_ctime_ns < _RACY_NS:
+        return np.zeros(5, dtype=np.int64)
+    return np.array([stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino, stat.st_dev], dtype=np.int64)
+
+
+def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
+    """No write between two stats of one open file (a write during the parse leaves no trusted stat)."""
+    return (a.st_size, a.st_mtime_ns, a.st_ctime_ns) == (b.st_size, b.st_mtime_ns, b.st_ctime_ns)
+
+
+def _write_cache(csv_path: Path, table: np.ndarray, digest: bytes, stat: os.stat_result | None) -> None:
+    """Write the cache to the first writable place; a read-only data folder is not an error (the next start parses)."""
+    crc = np.array([zlib.crc32(table)], dtype="<u4").view(np.uint8)
+    stamp = np.concatenate([_identity(stat).view(np.uint8), np.frombuffer(digest + crc.tobytes() + _TAG, np.uint8)])
+    for cache in _cache_paths(csv_path):
+        try:
+            with atomic_path(cache) as tmp, open(tmp, "wb") as f:
+                np.save(f, np.concatenate([stamp, table.ravel()]), allow_pickle=False)
+            return
+        except OSError:
+            continue
+    print(f"note: no writable place for the parse cache of {csv_path}; it is parsed again next time", file=sys.stderr)
 
 
 def _read_cache(csv_path: Path) -> np.ndarray | None:
-    cache = _cache_path(csv_path)
-    if not cache.is_file():
-        return None
-    try:
-        flat = np.load(cache, allow_pickle=False)
-    except (ValueError, OSError, EOFError):
-        return None  # unreadable cache: rebuild it from the CSV
-    if flat.size < 16 or not np.array_equal(flat[:16].view(np.int64), _fingerprint(csv_path)):
-        return None
-    if (flat.size - 16) % len(HEADER):
-        return None
-    return flat[16:].reshape(-1, len(HEADER))
+    """The cached table if it is intact (CRC-32, labels 0-9) and was parsed from the CSV's current bytes; else None."""
+    digest = None
+    for cache in _cache_paths(csv_path):
+        try:
+            flat = np.load(cache, allow_pickle=False)
+        except (ValueError, OSError, EOFError):
+            continue  # missing or unreadable: rebuilt from the CSV
+        if flat.dtype != np.uint8 or flat.ndim != 1 or flat.size <= _STAMP_BYTES or (flat.size - _STAMP_BYTES) % len(HEADER):
+            continue
+        stamp, body = flat[:_STAMP_BYTES], flat[_STAMP_BYTES:]
+        if stamp[60:].tobytes() != _TAG or zlib.crc32(body) != int(stamp[56:60].view("<u4")[0]):
+            continue  # damaged (a flipped byte): never used
+        table = body.reshape(-1, len(HEADER))
+        if table[:, 0].max() > 9:
+            continue
+        identity = stamp[:40].view(np.int64)
+        if identity.any() and np.array_equal(identity, _identity(csv_path.stat())):
+            return table
+        if digest is None:
+            with open(csv_path, "rb") as f:
+                digest, stat = _digest(f.read()), os.fstat(f.fileno())
+        if stamp[40:56].tobytes() == digest:
+            if not identity.any() and _identity(stat).any():  # now old enough to trust its stat: skip hashing next time
+                _write_cache(csv_path, table, digest, stat)
+            return table
+    return None

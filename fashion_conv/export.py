@@ -19,7 +19,7 @@ from torch import nn
 
 from fashion_conv.atomic import atomic_path
 from fashion_conv.errors import FashionConvError
-from fashion_conv.predict import add_model_arguments, load_model
+from fashion_conv.weights import add_model_arguments, load_model
 
 
 def _example_input(batch: int = 2) -> torch.Tensor:

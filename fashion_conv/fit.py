@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import signal
 import sys
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import torch
+import yaml
 from lightning import LightningDataModule, LightningModule, Trainer
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar, TQDMProgressBar
@@ -24,8 +26,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from fashion_conv.atomic import atomic_path, atomic_write_text
-from fashion_conv.backbones import read_weights_file
+from fashion_conv.atomic import WriteError, atomic_path, atomic_write_text
+from fashion_conv.weights import checkpoint_backbone, read_weights_file
 from fashion_conv.checkpoints import AtomicCheckpointIO, GracefulStop
 from fashion_conv.dashboards import DatasetDashboards
 from fashion_conv.datamodule import FashionMNISTDataModule
@@ -45,6 +47,86 @@ def find_last_checkpoint(runs_dir: Path) -> Path | None:
     """The newest ``version_*/checkpoints/last.ckpt`` under a backbone's run folder."""
     found = sorted(runs_dir.glob("version_*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
     return found[-1] if found else None
+
+
+def reserve_version(runs_dir: Path) -> str:
+    """Create the next free ``version_N`` folder and return its name. ``mkdir`` fails if the folder exists, so two
+    runs started together never share one (Lightning's own choice, the next number it sees, races)."""
+    if os.environ.get(_VERSION_ENV) and os.environ.get("LOCAL_RANK", "0") != "0":
+        return os.environ[_VERSION_ENV]  # a DDP worker process: the folder rank 0 reserved
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    taken = [int(p.name[8:]) for p in runs_dir.glob("version_*") if p.name[8:].isdigit()]
+    n = max(taken, default=-1) + 1
+    while True:
+        try:
+            (runs_dir / f"version_{n}").mkdir()
+        except FileExistsError:
+            n += 1
+            continue
+        os.environ[_VERSION_ENV] = f"version_{n}"  # inherited by DDP worker processes, which Lightning starts later
+        return f"version_{n}"
+
+
+_VERSION_ENV = "FASHION_CONV_RUN_VERSION"
+
+# Settings a resumed run must share with its checkpoint: changing them mid-run would train something the record
+# does not describe (Adam's restored state keeps the old rate; the mid-epoch position counts batches).
+MODEL_FIXED = ("backbone", "backbone_kwargs", "lr", "num_classes", "weight_decay", "label_smoothing", "lr_schedule", "tta_hflip")
+DATA_FIXED = (
+    "batch_size", "val_size", "split_seed", "shuffle_seed", "train_size", "random_shift", "hflip", "random_erasing",
+    "pixel_permutation_seed",
+)  # fmt: skip
+
+
+def check_resume(path: Path, config) -> None:
+    """Refuse, naming every difference, a checkpoint that is not this run's to continue: not a training checkpoint,
+    another backbone, or other settings. Reads the file only (``weights_only=True``); nothing is written."""
+    ckpt = read_weights_file(path)
+    if "state_dict" not in ckpt or "loops" not in ckpt:
+        kind = "a model.pth (weights only)" if "state_dict" not in ckpt else "not a training checkpoint"
+        raise FashionConvError(f"{path}: is {kind}; --ckpt_path needs a training checkpoint such as <run>/checkpoints/last.ckpt")
+    requested = _backbone_name(config.model)
+    held = (ckpt.get("hyper_parameters") or {}).get("backbone")
+    if isinstance(held, str) and held != requested:
+        raise FashionConvError(f"{path}: holds a {held!r} backbone, but --model.backbone is {requested!r}")
+    checkpoint_backbone(ckpt, path, trusted=requested)
+    hp, data_hp = ckpt["hyper_parameters"], ckpt.get("datamodule_hyper_parameters") or {}
+    asked = {f"model.{k}": getattr(config.model, k, None) for k in MODEL_FIXED}
+    asked.update({f"data.{k}": getattr(config.data, k, None) for k in DATA_FIXED})
+    asked["model.backbone"] = _backbone_name(config.model)
+    asked["model.backbone_kwargs"] = asked["model.backbone_kwargs"] or {}
+    had = {f"model.{k}": hp.get(k) for k in MODEL_FIXED} | {f"data.{k}": data_hp.get(k, asked[f"data.{k}"]) for k in DATA_FIXED}
+    saved = _saved_config(path)
+    if saved:  # the run folder's config.yaml: the seed drives the shuffle; a schedule is laid out for max_epochs
+        asked["seed_everything"], had["seed_everything"] = config.seed_everything, saved.get("seed_everything")
+        if hp.get("lr_schedule", "none") != "none":
+            asked["trainer.max_epochs"] = config.trainer.max_epochs
+            had["trainer.max_epochs"] = (saved.get("trainer") or {}).get("max_epochs")
+    had["model.backbone_kwargs"] = had["model.backbone_kwargs"] or {}
+    differ = [f"--{k} {_plain(had[k])!r} (now {_plain(asked[k])!r})" for k in asked if _plain(had[k]) != _plain(asked[k])]
+    if differ:
+        raise FashionConvError(
+            f"{path}: was trained with {', '.join(differ)}; a resumed run keeps its settings, so drop the changed "
+            "options, or start a fresh run without --ckpt_path"
+        )
+
+
+def _plain(value: Any) -> Any:
+    """Compare settings as config.yaml writes them: tuples as lists, no kwargs as {}."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _saved_config(ckpt_path: Path) -> dict:
+    """``config.yaml`` of the run folder holding ``<run>/checkpoints/<ckpt>``, or {} if there is none."""
+    config = ckpt_path.parent.parent / "config.yaml"
+    try:
+        return yaml.safe_load(config.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return {}
 
 
 class FashionCLI(LightningCLI):
@@ -70,11 +152,14 @@ class FashionCLI(LightningCLI):
                 self.version = self.resume_from.parent.parent.name
         elif ckpt:
             self.resume_from = Path(ckpt)
-        if self.resume_from is not None:
-            read_weights_file(self.resume_from)  # a broken or unsafe file is an error here, never a silent fresh start
+        if self.resume_from is not None:  # checked before anything is written: a bad file never touches a run folder
+            check_resume(self.resume_from, config)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         if self.config.trainer.logger in (None, True):  # the default: one TensorBoard folder per backbone
+            if self.version is None:
+                self.version = reserve_version(self.runs_dir)
+                self.reserved = self.runs_dir / self.version
             kwargs["logger"] = TensorBoardLogger(
                 save_dir=self.runs_dir.parent, name=self.runs_dir.name, version=self.version, default_hp_metric=False
             )
@@ -126,23 +211,42 @@ def build_cli(argv: list[str] | dict | None, callbacks: Sequence[Callback] = ())
 def run(argv: list[str] | dict | None = None, callbacks: Sequence[Callback] = ()) -> dict:
     """One training run, the one path of ``fit`` and of every study run: build the CLI from ``argv`` (arguments or
     a config dict), fit, test the best checkpoint, write the run folder; returns the summary (``metrics.json``)."""
-    cli = build_cli(argv, callbacks)
-    return train_and_test(cli.trainer, cli.model, cli.datamodule, cli.resume_from, cli.config.seed_everything)
+    return run_cli(build_cli(argv, callbacks))
+
+
+def run_cli(cli: FashionCLI) -> dict:
+    """``train_and_test`` for a built CLI, with SIGTERM and SIGINT caught from data set-up to the last file written."""
+    stop = graceful_stop(cli.trainer)
+    catching = stop is not None and stop.catch_signals(cli.trainer)
+    try:
+        return train_and_test(cli.trainer, cli.model, cli.datamodule, cli.resume_from, cli.config.seed_everything)
+    finally:
+        if catching:
+            stop.restore_signals()
 
 
 def train_and_test(trainer: Trainer, model: LightningModule, data: LightningDataModule, ckpt_path: Path | None, seed: Any) -> dict:
-    """Fit, test the best checkpoint on the official test set, write ``metrics.json`` and ``model.pth``."""
+    """Fit, test the best checkpoint on the official test set, write ``metrics.json`` and ``model.pth``.
+
+    A stop request (SIGTERM, SIGINT) raises ``SIGTERMException`` and writes neither: a partial run is never reported.
+    """
     start = time.perf_counter()
+    stop = graceful_stop(trainer)
     trainer.fit(model, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
-    train_seconds = time.perf_counter() - start
+    # The run's total over every resume (kept in the checkpoint), not this process's few seconds of a re-test.
+    train_seconds = stop.train_seconds() if stop else time.perf_counter() - start
+    if stop and stop.requested:  # it came during the last validation: last.ckpt holds the finished epoch
+        raise SIGTERMException
     checkpoint = trainer.checkpoint_callback
     best = checkpoint.best_model_path if checkpoint and checkpoint.best_model_path else None
     tested = trainer.test(model, datamodule=data, ckpt_path=best or None, verbose=False, weights_only=True)[0]
+    if stop and stop.requested:
+        raise SIGTERMException
     summary = {
         "backbone": model.hparams.backbone,
         "params": model.num_params,
         "epochs": trainer.current_epoch,
-        "val_acc": float(checkpoint.best_model_score) if best else None,
+        "val_acc": float(checkpoint.best_model_score) if best and checkpoint.best_model_score is not None else None,
         "test_acc": tested["test/acc"],
         "test_loss": tested["test/loss"],
         "tta_hflip": bool(model.hparams.get("tta_hflip", False)),  # val_acc and test_acc averaged over mirror images
@@ -159,6 +263,10 @@ def train_and_test(trainer: Trainer, model: LightningModule, data: LightningData
     return summary
 
 
+def graceful_stop(trainer: Trainer) -> GracefulStop | None:
+    return next((c for c in trainer.callbacks if isinstance(c, GracefulStop)), None)
+
+
 # The recipe's settings, as columns of TensorBoard's HPARAMS tab (the full configuration is in config.yaml).
 RECIPE_MODEL_HPARAMS = ("lr", "lr_schedule", "weight_decay", "label_smoothing", "tta_hflip")
 RECIPE_DATA_HPARAMS = ("batch_size", "random_shift", "hflip", "random_erasing")
@@ -171,12 +279,53 @@ def _write_outputs(trainer: Trainer, model: FashionClassifier, summary: dict) ->
         torch.save({k: v.cpu() for k, v in model.backbone.state_dict().items()}, tmp)
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
+            drop_earlier_hparams(Path(logger.log_dir), _open_event_file(logger))
             hp = {k: v for k, v in summary.items() if k in ("backbone", "params", "seed", "precision", "epochs")}
             hp.update({k: model.hparams[k] for k in RECIPE_MODEL_HPARAMS if k in model.hparams})
             data_hp = trainer.datamodule.hparams
             hp.update({k: data_hp[k] for k in RECIPE_DATA_HPARAMS if k in data_hp})
             logger.log_hyperparams(hp, metrics={"hp/val_acc": summary["val_acc"] or 0.0, "hp/test_acc": summary["test_acc"]})
             logger.save()
+
+
+def _failed(cli: FashionCLI | None, status: int) -> int:
+    """Remove the run folder this attempt reserved if it stayed empty, so a failed start leaves no trace."""
+    reserved = getattr(cli, "reserved", None)
+    if reserved is not None:
+        try:
+            reserved.rmdir()
+        except OSError:
+            pass  # not empty: it holds this run's checkpoints or logs
+    return status
+
+
+def _open_event_file(logger: TensorBoardLogger) -> str | None:
+    """The event file the logger's writer holds open, if any (Lightning closes it after fit and after test)."""
+    writer = getattr(logger, "_experiment", None)
+    file_writer = getattr(writer, "file_writer", None)
+    return getattr(getattr(file_writer, "event_writer", None), "_file_name", None)
+
+
+def drop_earlier_hparams(run_dir: Path, open_file: str | None = None) -> None:
+    """Remove the HPARAMS entries that earlier processes of this run wrote (a finished run resumed for more epochs).
+
+    TensorBoard shows the first ``_hparams_/session_start_info`` of a run folder and ignores later ones, so the
+    run's totals (epochs) would stay those of its first finish. Other events are copied byte for byte, atomically.
+    """
+    from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
+    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    for events in run_dir.glob("events.out.tfevents.*"):
+        if open_file and events.samefile(open_file):  # still being written
+            continue
+        records = list(RawEventFileLoader(str(events)).Load())
+        keep = [r for r in records if not any(v.tag.startswith("_hparams_/") for v in Event.FromString(r).summary.value)]
+        if len(keep) < len(records):
+            with atomic_path(events) as tmp, open(tmp, "wb") as f:
+                writer = RecordWriter(f)
+                for record in keep:
+                    writer.write(record)
 
 
 def print_summary(summary: dict) -> None:
@@ -212,17 +361,33 @@ def short_parse_error(exc: argparse.ArgumentError) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    cli = stop = None
     try:
-        summary = run(argv)
+        cli = build_cli(argv)
+        stop = graceful_stop(cli.trainer)
+        summary = run_cli(cli)
     except argparse.ArgumentError as exc:
         print(f"error: {short_parse_error(exc)} (see python -m fashion_conv.fit --help)", file=sys.stderr)
         return 2
+    except WriteError as exc:  # a full disk or quota: every earlier file is complete, since writes are atomic
+        print(f"error: {exc}; free space, then resume with --ckpt_path last", file=sys.stderr)
+        return _failed(cli, 1)
     except (FashionConvError, MisconfigurationException) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except SIGTERMException:
-        print("Stopped by SIGTERM; checkpoints/last.ckpt is saved: resume with --ckpt_path last.", file=sys.stderr)
-        return 128 + signal.SIGTERM
+        return _failed(cli, 1)
+    except (SIGTERMException, KeyboardInterrupt):
+        signum = stop.signum if stop is not None and stop.signum else signal.SIGINT  # KeyboardInterrupt: before training
+        last = GracefulStop.last_path(cli.trainer) if cli is not None else None
+        if last is not None and last.is_file():
+            print(f"Stopped by {signal.Signals(signum).name}; {last} is saved: resume with --ckpt_path last.", file=sys.stderr)
+        else:
+            print(f"Stopped by {signal.Signals(signum).name} before the first checkpoint; nothing to resume.", file=sys.stderr)
+        return _failed(cli, 128 + signum)
+    except OSError as exc:  # a write outside atomic_path (TensorBoard's event file, config.yaml) on a full disk
+        where = exc.filename2 or exc.filename or "a file of the run"
+        print(f"error: {where}: cannot write it ({exc.strerror or exc}); nothing was lost: the checkpoints written "
+              "before are complete, so free space, then resume with --ckpt_path last", file=sys.stderr)  # fmt: skip
+        return _failed(cli, 1)
     if rank_zero_only.rank == 0:  # once, not on every process of a DDP run
         print_summary(summary)
     if torch.distributed.is_available() and torch.distributed.is_initialized():

@@ -12,7 +12,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
-import shutil
 import urllib.error
 import urllib.request
 import zlib
@@ -53,14 +52,27 @@ SPLITS = {
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
+def expected_size(spec: IdxSpec) -> int:
+    """Bytes of the decompressed file: the header, then one byte per label or 28 x 28 per image."""
+    return 4 + 4 * spec.ndim + spec.count * (28 * 28 if spec.ndim == 3 else 1)
+
+
 def read_idx(path: Path, spec: IdxSpec) -> np.ndarray:
-    """Read and check one IDX file (gzipped or not); uint8 array (N, 28, 28) or (N,)."""
-    data = path.read_bytes()
-    if data[:2] == _GZIP_MAGIC:
-        try:
-            data = gzip.decompress(data)
-        except (EOFError, OSError, zlib.error) as exc:
-            raise DataError(path, f"truncated or corrupt gzip archive ({exc})") from None
+    """Read and check one IDX file (gzipped or not); uint8 array (N, 28, 28) or (N,).
+
+    At most one byte more than the expected size is ever read or decompressed, so a small file that would
+    decompress to gigabytes (a gzip bomb) is refused at that size.
+    """
+    cap = expected_size(spec)
+    with open(path, "rb") as f:
+        gzipped = f.read(2) == _GZIP_MAGIC
+    try:
+        with (gzip.open(path, "rb") if gzipped else open(path, "rb")) as f:
+            data = f.read(cap + 1)  # GzipFile.read(n) decompresses only what it returns
+    except (EOFError, OSError, zlib.error) as exc:
+        raise DataError(path, f"truncated or corrupt gzip archive ({exc})") from None
+    if len(data) > cap:
+        raise DataError(path, f"more than the expected {cap} bytes{' after decompression' if gzipped else ''}; refused unread")
     want_magic = 0x0800 | spec.ndim
     if len(data) < 4 + 4 * spec.ndim:
         raise DataError(path, f"too short for an IDX header ({len(data)} bytes)")
@@ -88,11 +100,16 @@ def candidates(folder: Path, name: str) -> list[Path]:
     return [d / f for d in (folder, folder / "FashionMNIST" / "raw") for f in (f"{name}.gz", name)]
 
 
-def download(url: str, dest: Path, timeout: float = 30.0) -> None:
-    """Fetch ``url`` into ``dest`` atomically; a failed or partial transfer leaves nothing behind."""
+def download(url: str, dest: Path, timeout: float = 30.0, max_bytes: int | None = None) -> None:
+    """Fetch ``url`` into ``dest`` atomically; a failed, partial or oversized transfer leaves nothing behind."""
     with atomic_path(dest) as tmp:
         with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as out:
-            shutil.copyfileobj(response, out)
+            got = 0
+            while chunk := response.read(1 << 20):
+                got += len(chunk)
+                if max_bytes is not None and got > max_bytes:
+                    raise ValueError(f"more than {max_bytes} bytes; stopped")
+                out.write(chunk)
 
 
 def load_raw(
@@ -124,7 +141,7 @@ def load_raw(
                 url = mirror.rstrip("/") + f"/{name}.gz"
                 dest = raw_dir / f"{name}.gz"
                 try:
-                    download(url, dest)
+                    download(url, dest, max_bytes=expected_size(spec) + (1 << 20))  # gzip never grows data by 1 MB
                     arrays[name] = read_idx(dest, spec)
                     continue
                 except (urllib.error.URLError, OSError, ValueError) as exc:

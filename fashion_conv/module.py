@@ -13,6 +13,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 
 from fashion_conv.backbones import _REGISTRY, build_backbone, count_parameters
 from fashion_conv.errors import FashionConvError
+from fashion_conv.weights import checkpoint_backbone, flip_tta, read_weights_file
 
 
 def _with_num_classes(backbone: str, kwargs: dict, num_classes: int) -> dict:
@@ -94,6 +95,16 @@ class FashionClassifier(LightningModule):
         self.confusion = MulticlassConfusionMatrix(num_classes, validate_args=False)
         self.on_train_epoch_start()  # a run resumed mid-epoch skips that hook
 
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, *args, **kwargs):  # type: ignore[override]
+        """Lightning's ``load_from_checkpoint``, after checking the file: a backbone class path that the checkpoint
+        names is imported only when the caller names it too (``backbone="my_pkg.Net"``); kwargs are checked."""
+        backbone = kwargs.get("backbone")
+        if not isinstance(backbone, nn.Module):
+            # Kwargs are checked when the backbone is built: registered ones on the meta device first, no memory.
+            checkpoint_backbone(read_weights_file(checkpoint_path), checkpoint_path, trusted=backbone)
+        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(x.contiguous(memory_format=self.memory_format))
 
@@ -101,7 +112,7 @@ class FashionClassifier(LightningModule):
         """Logits for evaluation: ``forward``, or with ``tta_hflip`` the mean of the image's and its mirror's."""
         if not self.hparams.get("tta_hflip"):
             return self(x)
-        return (self(x) + self(x.flip(-1))) / 2
+        return flip_tta(self, x)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y = batch

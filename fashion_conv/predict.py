@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -21,49 +22,13 @@ import torch
 from PIL import Image, ImageOps
 from torch import nn
 
-from fashion_conv.backbones import into_backbone, list_backbones, read_weights_file
 from fashion_conv.csvio import CLASS_NAMES, read_images_csv
 from fashion_conv.errors import DataError, FashionConvError
+from fashion_conv.weights import add_model_arguments, checkpoint_tta, flip_tta, load_model
 
 SIDE = 28
 IMAGE_SUFFIXES = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
 TRIM_LEVEL = 0.05 * 255  # Fashion-MNIST trimmed edges within 5% of the background's intensity
-
-
-# ---- the model: a checkpoint or a model.pth, loaded as tensors only ----
-
-
-def load_model(checkpoint: str | Path | None = None, weights: str | Path | None = None, backbone: str | None = None) -> nn.Module:
-    """The trained backbone in eval mode, from a Lightning checkpoint or from ``model.pth`` plus its backbone name.
-
-    ``backbone`` with a checkpoint is a check (the checkpoint names its own backbone), and the consent to
-    import a class path that the checkpoint names, since importing a module runs its code.
-    """
-    if (checkpoint is None) == (weights is None):
-        raise FashionConvError("give a model: --checkpoint X.ckpt, or --weights model.pth with --backbone NAME")
-    if weights is not None:
-        if not backbone:
-            raise FashionConvError(f"--weights {weights} needs --backbone NAME (one of {', '.join(list_backbones())})")
-        state = read_weights_file(weights)
-        if "state_dict" in state and "hyper_parameters" in state:
-            raise FashionConvError(f"{weights}: is a Lightning checkpoint; pass it as --checkpoint {weights}")
-        return into_backbone(state, backbone, {}, weights)
-    ckpt = read_weights_file(checkpoint)
-    hparams, state = ckpt.get("hyper_parameters"), ckpt.get("state_dict")
-    if not isinstance(state, dict) or not isinstance(hparams, dict) or not isinstance(hparams.get("backbone"), str):
-        hint = f"; a model.pth goes with --weights {checkpoint} --backbone NAME" if ckpt and "state_dict" not in ckpt else ""
-        raise FashionConvError(f"{checkpoint}: not a FashionClassifier checkpoint (no backbone in its hyper_parameters){hint}")
-    name = hparams["backbone"]
-    if backbone and backbone != name:
-        raise FashionConvError(f"{checkpoint}: holds a {name!r} backbone, but --backbone says {backbone!r}")
-    if name not in list_backbones() and backbone != name:
-        raise FashionConvError(
-            f"{checkpoint}: its backbone is the class {name!r}; importing it runs that module's code, "
-            f"so confirm with --backbone {name}"
-        )
-    prefix = "backbone."
-    backbone_state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-    return into_backbone(backbone_state, name, hparams.get("backbone_kwargs") or {}, checkpoint)
 
 
 # ---- images: made to look like Fashion-MNIST ----
@@ -84,6 +49,8 @@ def open_image(path: str | Path) -> Image.Image:
                 img = Image.fromarray(((values - values.min()) * (255 / span if span else 0)).astype(np.uint8))
             return img.convert("L")
     except FileNotFoundError:
+        if Path(path).is_symlink():
+            raise DataError(path, f"dangling symbolic link: its target {os.readlink(path)} does not exist") from None
         raise DataError(path, "no such file") from None
     except Exception as exc:  # Pillow reports undecodable files with many exception types
         detail = str(exc).splitlines()[0] if str(exc) else "no detail"
@@ -153,7 +120,7 @@ def expand(arg: str) -> list[Path]:
     path = Path(arg)
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
-        files = [p for p in files if p.is_file()]
+        files = [p for p in files if p.is_file() or (p.is_symlink() and not p.exists())]  # a dangling link is reported
         if not files:
             raise DataError(path, f"folder holds no images (looked for {', '.join(IMAGE_SUFFIXES)})")
         return files
@@ -180,9 +147,7 @@ def predict_probabilities(model: nn.Module, x: torch.Tensor, batch_size: int = 1
     """Softmax over the model's logits, (N, 10), in batches; with ``tta_hflip``, over the mean of the image's
     and its mirror image's logits (as ``FashionClassifier(tta_hflip=True)`` evaluates)."""
 
-    def logits(chunk: torch.Tensor) -> torch.Tensor:
-        return (model(chunk) + model(chunk.flip(-1))) / 2 if tta_hflip else model(chunk)
-
+    logits = (lambda chunk: flip_tta(model, chunk)) if tta_hflip else model
     probs = torch.cat([logits(chunk).softmax(dim=1) for chunk in x.split(batch_size)])
     if probs.shape[1] != len(CLASS_NAMES):
         raise FashionConvError(f"the model gives {probs.shape[1]} outputs per image, expected {len(CLASS_NAMES)} (one per class)")
@@ -256,24 +221,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """--checkpoint, or --weights with --backbone; shared with ``python -m fashion_conv.export``."""
-    model = parser.add_mutually_exclusive_group(required=True)
-    model.add_argument("--checkpoint", metavar="CKPT", help="a Lightning checkpoint (.ckpt) of FashionClassifier")
-    model.add_argument("--weights", metavar="PTH", help="a model.pth state dict (needs --backbone)")
-    names = ", ".join(list_backbones())
-    parser.add_argument("--backbone", help=f"backbone of --weights ({names}, or a class path); with --checkpoint, a check")
-
-
-def checkpoint_tta(checkpoint: str | Path | None) -> bool:
-    """Whether a checkpoint was evaluated with flip test-time augmentation (``--model.tta_hflip``)."""
-    if checkpoint is None:
-        return False
-    hparams = read_weights_file(checkpoint).get("hyper_parameters") or {}
-    return bool(hparams.get("tta_hflip"))
-
-
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return predict(argv)
+    except BrokenPipeError:  # the reader stopped early (``| head``): not an error worth a traceback
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python flushes stdout again at exit; let that go nowhere
+        return 128 + 13  # killed by SIGPIPE, as a C tool would report it
+
+
+def predict(argv: list[str] | None = None) -> int:
+    """``main`` without the broken-pipe handling."""
     args = build_parser().parse_args(argv)
     try:
         model = load_model(args.checkpoint, args.weights, args.backbone)

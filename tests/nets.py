@@ -27,3 +27,28 @@ class PauseAt(Callback):
         if (trainer.current_epoch, batch_idx) == (self.epoch, self.batch):
             self.marker.write_text(str(os.getpid()))
             time.sleep(self.seconds)
+
+
+class PauseInTest(Callback):
+    """Test helper: at the first test batch write ``marker`` and sleep, so a test can signal the process while it tests."""
+
+    def __init__(self, marker: str, seconds: float = 3.0):
+        self.marker, self.seconds = Path(marker), seconds
+
+    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        if batch_idx == 0:
+            self.marker.write_text(str(os.getpid()))
+            time.sleep(self.seconds)
+
+
+class RecordSigterm(Callback):
+    """Test helper: write the name of the SIGTERM handler in force during the first training batch to ``path``."""
+
+    def __init__(self, path: str):
+        self.path = Path(path)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx == 0:
+            import signal
+
+            self.path.write_text(getattr(signal.getsignal(signal.SIGTERM), "__qualname__", "other"))

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_arrays
-from fashion_conv.csvio import HEADER, _cache_path, read_csv, write_csv
+from fashion_conv.csvio import HEADER, _cache_path, _write_cache, read_csv, write_csv
 from fashion_conv.errors import DataError
 
 HEADER_LINE = ",".join(HEADER)
@@ -41,10 +41,11 @@ def test_cache_is_used_and_rebuilt_when_the_csv_changes(tmp_path):
     assert not _cache_path(path).exists()
     read_csv(path)
     assert _cache_path(path).exists()
-    # Proof the second read comes from the cache: poison the cache's rows, keep its fingerprint.
+    # Proof the second read comes from the cache: poison the cache's labels, keep its key (the CSV's digest).
     flat = np.load(_cache_path(path))
-    flat[16:] = 7
-    np.save(_cache_path(path), flat)
+    table = flat[64:].reshape(-1, len(HEADER)).copy()
+    table[:, 0] = 7
+    _write_cache(path, table, flat[40:56].tobytes(), None)
     assert (read_csv(path)[0] == 7).all()
     # Editing the CSV (new size and mtime) invalidates the cache.
     path.write_text(HEADER_LINE + "\n" + row("5") + "\n")

@@ -6,7 +6,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from fashion_conv import FashionClassifier, load_backbone
+from fashion_conv import FashionClassifier, FashionConvError, load_backbone
 from fashion_conv.fit import main
 
 
@@ -112,7 +112,10 @@ def test_backbone_by_class_path(tiny_data_dir, tmp_path):
     run = tmp_path / "lightning_logs" / "TinyNet" / "version_0"
     assert json.loads((run / "metrics.json").read_text())["backbone"] == "nets.TinyNet"
     ckpt = next((run / "checkpoints").glob("best-*.ckpt"))
-    assert type(FashionClassifier.load_from_checkpoint(ckpt, weights_only=True).backbone).__name__ == "TinyNet"
+    with pytest.raises(FashionConvError, match="confirm with --backbone nets.TinyNet"):  # a checkpoint never picks code to import
+        FashionClassifier.load_from_checkpoint(ckpt, weights_only=True)
+    loaded = FashionClassifier.load_from_checkpoint(ckpt, weights_only=True, backbone="nets.TinyNet")  # the caller names it
+    assert type(loaded.backbone).__name__ == "TinyNet"
 
 
 def test_print_config_shows_the_notebook_defaults(capsys):

@@ -135,3 +135,37 @@ def test_prepare_refuses_a_truncated_local_file_with_nothing_else_to_try(tmp_pat
     err = capsys.readouterr().err
     assert code == 1 and "train-images-idx3-ubyte.gz: truncated or corrupt gzip" in err and "Traceback" not in err
     assert not (tmp_path / "processed").exists()
+
+
+def test_gzip_bomb_from_the_mirror_is_refused_without_growing_the_process(tiny_idx, tmp_path, http_server):
+    """A 256 KB archive that inflates to 256 MB is refused after reading one byte past the expected size."""
+    import subprocess
+    import sys
+    import zlib
+
+    from conftest import REPO
+
+    _, specs = tiny_idx
+    url, www, log = http_server
+    name = "train-images-idx3-ubyte"
+    header = (0x0803).to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in (120, 28, 28))
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)  # 31: gzip framing
+    zeros = bytes(1 << 20)
+    bomb = packer.compress(header) + b"".join(packer.compress(zeros) for _ in range(256)) + packer.flush()
+    assert len(bomb) < 300_000
+    (www / f"{name}.gz").write_bytes(bomb)
+    code = (
+        "import resource, sys\n"
+        "from fashion_conv.idx import IdxSpec, load_raw\n"
+        f"spec = IdxSpec(3, 120, {specs[name].md5!r})\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "try:\n"
+        f"    load_raw(sys.argv[1], {{{name!r}: spec}}, system_dir=None, mirror=sys.argv[2])\n"
+        "except Exception as exc:\n"
+        "    print(exc)\n"
+        "print('grew_mb', (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "raw"), url], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert f"more than the expected {16 + 120 * 784} bytes after decompression; refused unread" in out.stdout, out.stdout + out.stderr
+    assert int(out.stdout.split("grew_mb")[1]) < 20, out.stdout  # the old code inflated all 256 MB at once
+    assert log == [f"/{name}.gz"] and not (tmp_path / "raw" / f"{name}.gz").exists()

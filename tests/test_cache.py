@@ -1,0 +1,114 @@
+"""The CSV parse cache serves only the bytes on disk: edits with the mtime put back, a file replaced during the
+parse, a damaged cache file and a read-only data folder all give the CSV's own rows."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import REPO, tiny_arrays
+from fashion_conv import csvio
+from fashion_conv.csvio import read_csv, write_csv
+from mounts import PYTHON, run_with_mounts
+
+
+@pytest.fixture
+def csv_file(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user-cache"))
+    path = tmp_path / "processed" / "fashion-mnist-train.csv"
+    write_csv(path, *tiny_arrays(30))
+    return path
+
+
+def edit_label_in_place(path: Path, row: int, digit: bytes) -> None:
+    """Overwrite the one-digit label of ``row`` (1-based, after the header) and put the mtime back, as ``touch -r`` does."""
+    st = path.stat()
+    with open(path, "r+b") as f:
+        lines = f.read().split(b"\n")
+        offset = sum(len(line) + 1 for line in lines[:row])
+        f.seek(offset)
+        f.write(digit)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+
+
+@pytest.mark.parametrize("trusted_stat", [False, True], ids=["fresh-file", "old-file"])
+def test_an_edit_with_the_mtime_put_back_is_not_served_from_the_cache(csv_file, monkeypatch, trusted_stat):
+    if trusted_stat:  # a file older than the racy window: the stat identity is trusted, so only ctime can tell
+        monkeypatch.setattr(csvio, "_RACY_NS", 0)
+        write_csv(csv_file, *tiny_arrays(30))
+        time.sleep(0.05)  # past the kernel's coarse clock tick, so the edit gets a later ctime
+    labels, _ = read_csv(csv_file)
+    new = (int(labels[0]) + 1) % 10
+    edit_label_in_place(csv_file, 1, str(new).encode())
+    assert read_csv(csv_file)[0][0] == new
+    assert read_csv(csv_file)[0][0] == new  # and the rebuilt cache holds it
+
+
+def test_a_file_replaced_during_the_parse_never_gets_the_old_rows_under_its_key(csv_file, monkeypatch):
+    other = csv_file.with_name("other.csv")
+    write_csv(other, *tiny_arrays(30, seed=5))
+    parse = csvio._parse
+
+    def parse_then_replace(*args):
+        table = parse(*args)
+        os.replace(other, csv_file)  # another process swaps the file in while this one is parsing
+        return table
+
+    monkeypatch.setattr(csvio, "_parse", parse_then_replace)
+    (csv_file.parent / ".cache" / f"{csv_file.name}.npy").unlink()
+    old_labels, _ = read_csv(csv_file)
+    monkeypatch.undo()
+    labels, images = read_csv(csv_file)
+    want_labels, want_images = tiny_arrays(30, seed=5)
+    assert not np.array_equal(old_labels, want_labels)
+    assert np.array_equal(labels, want_labels) and np.array_equal(images, want_images)
+
+
+@pytest.mark.parametrize("where", ["pixel", "label"])
+def test_a_damaged_cache_is_detected_and_rebuilt(csv_file, where):
+    cache = csv_file.parent / ".cache" / f"{csv_file.name}.npy"
+    want = read_csv(csv_file)
+    raw = bytearray(cache.read_bytes())
+    first_row = len(raw) - 30 * 785  # the .npy header and our 64-byte stamp come first
+    pos = first_row + (5 if where == "pixel" else 0)
+    raw[pos] = 200  # a label of 200 used to reach cross_entropy
+    cache.write_bytes(bytes(raw))
+    labels, images = read_csv(csv_file)
+    assert np.array_equal(labels, want[0]) and np.array_equal(images, want[1])
+    assert cache.read_bytes()[pos] != 200  # rebuilt
+
+
+def test_a_cache_with_valid_checksum_but_a_bad_label_is_refused(csv_file):
+    """A cache written wrongly (not damaged after writing) still never serves a label outside 0-9."""
+    labels, images = read_csv(csv_file)
+    table = np.column_stack([labels, images.reshape(30, -1)]).astype(np.uint8)
+    table[0, 0] = 200
+    with open(csv_file, "rb") as f:
+        raw, stat = f.read(), os.fstat(f.fileno())
+    csvio._write_cache(csv_file, table, csvio._digest(raw), stat)
+    assert read_csv(csv_file)[0][0] == labels[0]
+
+
+@pytest.mark.slow
+def test_training_works_on_a_read_only_data_folder(tiny_data_dir, tmp_path):
+    """A read-only bind mount of data/ (a shared dataset mount): the cache goes to the user's cache folder."""
+    ro = tmp_path / "ro-data"
+    ro.mkdir()
+    shutil.rmtree(tiny_data_dir / "processed" / ".cache")  # written by the fixture's write_csv
+    args = ["-m", "fashion_conv.fit", "--data.data_dir", str(ro), "--data.val_size", "20", "--model.backbone", "mlp",
+            "--trainer.max_epochs", "1", "--trainer.default_root_dir", str(tmp_path / "runs"),
+            "--trainer.enable_progress_bar", "false"]  # fmt: skip
+    for cache_home in (tmp_path / "user-cache", Path("/proc/no-cache-here")):
+        env = {**os.environ, "XDG_CACHE_HOME": str(cache_home)}
+        out = run_with_mounts([f"mount --bind -o ro {tiny_data_dir} {ro}"], [PYTHON, *args], cwd=REPO, env=env, timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert "fashion_conv run summary" in out.stdout and "Traceback" not in out.stderr
+    assert len(list((tmp_path / "user-cache" / "fashion_conv").glob("*-fashion-mnist-*.csv.npy"))) == 2
+    assert "note: no writable place for the parse cache" in out.stderr  # the second run: nowhere to write, still trained
+    assert not (tiny_data_dir / "processed" / ".cache").exists()

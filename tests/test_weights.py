@@ -1,0 +1,91 @@
+"""Untrusted checkpoints: no module a checkpoint names is imported, backbone_kwargs are checked before any memory."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import REPO
+from fashion_conv import FashionClassifier, build_backbone
+from fashion_conv.errors import FashionConvError
+from fashion_conv.weights import load_model
+
+
+def checkpoint(path, backbone="mlp", backbone_kwargs=None, state=None, **hparams):
+    """A FashionClassifier-shaped checkpoint written by torch.save, as an attacker could write one."""
+    if state is None:
+        state = {f"backbone.{k}": v for k, v in build_backbone("mlp").state_dict().items()}
+    hp = {"backbone": backbone, "backbone_kwargs": backbone_kwargs, "lr": 1e-3, **hparams}
+    torch.save({"state_dict": state, "hyper_parameters": hp, "pytorch-lightning_version": "2.6.6"}, path)
+    return path
+
+
+def test_a_checkpoint_naming_a_module_never_imports_it(tmp_path):
+    """unittest.__main__ runs test discovery and exits the process on import: the old main did exactly that."""
+    (tmp_path / "planted.py").write_text(f"open({str(tmp_path / 'ran')!r}, 'w').close()\n")
+    evil = checkpoint(tmp_path / "evil.ckpt", backbone="planted.Net")
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1])\n"
+        "from fashion_conv import FashionClassifier\n"
+        "from fashion_conv.weights import load_model\n"
+        "for load in (lambda: FashionClassifier.load_from_checkpoint(sys.argv[2], weights_only=True),\n"
+        "             lambda: load_model(sys.argv[2])):\n"
+        "    try: load()\n"
+        "    except Exception as exc: print(type(exc).__name__, exc)\n"
+        "print('caller still running')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path), str(evil)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.stdout.count("importing it runs that module's code") == 2, out.stdout + out.stderr
+    assert "caller still running" in out.stdout
+    assert not (tmp_path / "ran").exists()
+    unittest_main = checkpoint(tmp_path / "u.ckpt", backbone="unittest.__main__.Net")
+    with pytest.raises(FashionConvError, match="confirm with --backbone unittest.__main__.Net"):
+        FashionClassifier.load_from_checkpoint(unittest_main, weights_only=True)
+
+
+def test_a_class_path_the_caller_names_is_allowed(tmp_path):
+    sys.path.insert(0, str(REPO / "tests"))
+    from nets import TinyNet
+
+    state = {f"backbone.{k}": v for k, v in TinyNet().state_dict().items()}
+    ckpt = checkpoint(tmp_path / "tiny.ckpt", backbone="nets.TinyNet", state=state)
+    assert isinstance(load_model(ckpt, backbone="nets.TinyNet"), TinyNet)
+    model = FashionClassifier.load_from_checkpoint(ckpt, weights_only=True, backbone="nets.TinyNet")
+    assert isinstance(model.backbone, TinyNet)
+
+
+def test_registered_backbone_loads_as_the_readme_shows(tmp_path):
+    ckpt = checkpoint(tmp_path / "mlp.ckpt", backbone_kwargs={"hidden": 256})
+    model = FashionClassifier.load_from_checkpoint(ckpt, weights_only=True)
+    assert model.num_params == 203_530
+
+
+@pytest.mark.parametrize(
+    "kwargs, problem",
+    [
+        ({"hidden": -1}, "negative dimension"),
+        ({"hidden": 500_000}, "397,500,010 parameters, more than the 100,000,000 allowed"),
+        ({"hidden": "os.system"}, "empty\\(\\)|must be|str"),
+        ({"hidden": {"a": 1}}, "'hidden' is a dict"),
+        ({"depth": 3}, "unexpected keyword argument 'depth'"),
+    ],
+)
+def test_backbone_kwargs_from_a_checkpoint_are_checked_before_allocating(tmp_path, kwargs, problem):
+    ckpt = checkpoint(tmp_path / "bad.ckpt", backbone_kwargs=kwargs)
+    for load in (lambda: load_model(ckpt), lambda: FashionClassifier.load_from_checkpoint(ckpt, weights_only=True)):
+        with pytest.raises(FashionConvError, match=problem):
+            load()
+
+
+def test_a_foreign_instantiator_is_refused(tmp_path):
+    ckpt = checkpoint(tmp_path / "i.ckpt", _instantiator="os.system")
+    with pytest.raises(FashionConvError, match="name code to run"):
+        FashionClassifier.load_from_checkpoint(ckpt, weights_only=True)
+
+
+def test_dependency_floors_keep_weights_only_safe():
+    text = (REPO / "pyproject.toml").read_text()
+    assert '"lightning>=2.6.6"' in text and '"torch>=2.6"' in text
