@@ -23,6 +23,7 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from fashion_conv import quiet
 from fashion_conv.atomic import atomic_path, atomic_write_text
 from fashion_conv.backbones import read_weights_file
 from fashion_conv.checkpoints import AtomicCheckpointIO, GracefulStop
@@ -70,6 +71,7 @@ class FashionCLI(LightningCLI):
         elif ckpt:
             self.resume_from = Path(ckpt)
         if self.resume_from is not None:
+            quiet.resuming()
             read_weights_file(self.resume_from)  # a broken or unsafe file is an error here, never a silent fresh start
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
@@ -95,6 +97,7 @@ def _backbone_name(model_config) -> str:
 
 
 def build_cli(argv: list[str] | None) -> FashionCLI:
+    quiet.install()
     return FashionCLI(
         FashionClassifier,
         FashionMNISTDataModule,
