@@ -26,7 +26,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from fashion_conv import quiet
 from fashion_conv.atomic import atomic_path, atomic_write_text
 from fashion_conv.backbones import read_weights_file
-from fashion_conv.checkpoints import AtomicCheckpointIO, GracefulStop
+from fashion_conv.checkpoints import AtomicCheckpointIO, BestCheckpoint, GracefulStop
 from fashion_conv.dashboards import DatasetDashboards
 from fashion_conv.datamodule import FashionMNISTDataModule
 from fashion_conv.errors import FashionConvError
@@ -108,8 +108,9 @@ def build_cli(argv: list[str] | None) -> FashionCLI:
         trainer_defaults={
             "max_epochs": 5,
             "callbacks": [
-                # First (trainer.checkpoint_callback): the best epoch by validation accuracy, tested at the end.
-                ModelCheckpoint(
+                # First (trainer.checkpoint_callback): the best epoch by validation accuracy, tested at the end;
+                # also copied to checkpoints/best.ckpt, a name the README's commands can use.
+                BestCheckpoint(
                     monitor="val/acc", mode="max", filename="best-epoch={epoch}-val_acc={val/acc:.4f}", auto_insert_metric_name=False
                 ),
                 # checkpoints/last.ckpt after every epoch, for --ckpt_path last. (Lightning 2.6's save_last=True
