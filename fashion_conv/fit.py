@@ -27,7 +27,7 @@ from fashion_conv import quiet
 from fashion_conv.atomic import atomic_path, atomic_write_text
 from fashion_conv.backbones import read_weights_file
 from fashion_conv.checkpoints import AtomicCheckpointIO, BestCheckpoint, GracefulStop
-from fashion_conv.dashboards import DatasetDashboards
+from fashion_conv.dashboards import DatasetDashboards, log_hparams
 from fashion_conv.datamodule import FashionMNISTDataModule
 from fashion_conv.errors import FashionConvError
 from fashion_conv.module import FashionClassifier
@@ -169,7 +169,8 @@ def _write_outputs(trainer: Trainer, model: FashionClassifier, summary: dict) ->
             hp.update({k: model.hparams[k] for k in RECIPE_MODEL_HPARAMS if k in model.hparams})
             data_hp = trainer.datamodule.hparams
             hp.update({k: data_hp[k] for k in RECIPE_DATA_HPARAMS if k in data_hp})
-            logger.log_hyperparams(hp, metrics={"hp/val_acc": summary["val_acc"] or 0.0, "hp/test_acc": summary["test_acc"]})
+            metrics = {"hp/val_acc": summary["val_acc"] or 0.0, "hp/test_acc": summary["test_acc"]}
+            log_hparams(logger.experiment, hp, metrics, trainer.global_step)
             logger.save()
 
 
