@@ -127,9 +127,10 @@ def _hparam_type(value) -> int:
     return api_pb2.DATA_TYPE_FLOAT64 if isinstance(value, (int, float)) else api_pb2.DATA_TYPE_STRING
 
 
-def log_hparams(writer, hp: dict, metrics: dict, step: int) -> None:
+def log_hparams(writer, hp: dict, metrics: dict, step: int, trial_id: str | None = None) -> None:
     """Declare the HPARAMS tab's columns (TensorBoard's experiment config; every run writes the same one), this
-    run's values (a session start) and its final metrics (scalars ``hp/*``)."""
+    run's values (a session start, named ``trial_id`` in the table, e.g. ``cnn/version_0``) and its final
+    metrics (scalars ``hp/*``)."""
     hp = {k: ("none" if v is None else v) for k, v in {**hp, "recipe": recipe_text(hp)}.items()}
     infos = [api_pb2.HParamInfo(name=k, type=_hparam_type(v), differs=k in HPARAMS_SHOWN) for k, v in hp.items()]
     metric_infos = [api_pb2.MetricInfo(name=api_pb2.MetricName(tag=t), description=d) for t, d in HPARAMS_METRICS.items()]
@@ -137,6 +138,6 @@ def log_hparams(writer, hp: dict, metrics: dict, step: int) -> None:
     value = summary_pb2.Summary.Value(tag=hp_metadata.EXPERIMENT_TAG, metadata=hp_metadata.create_summary_metadata(experiment))
     file_writer = writer._get_file_writer()  # reopens the event file if Lightning closed it after test (as Lightning does)
     file_writer.add_summary(summary_pb2.Summary(value=[value]))
-    file_writer.add_summary(hparams_pb(hp))
+    file_writer.add_summary(hparams_pb(hp, trial_id=trial_id))
     for tag, number in metrics.items():
         writer.add_scalar(tag, number, global_step=step)

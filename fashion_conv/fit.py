@@ -170,7 +170,7 @@ def _write_outputs(trainer: Trainer, model: FashionClassifier, summary: dict) ->
             data_hp = trainer.datamodule.hparams
             hp.update({k: data_hp[k] for k in RECIPE_DATA_HPARAMS if k in data_hp})
             metrics = {"hp/val_acc": summary["val_acc"] or 0.0, "hp/test_acc": summary["test_acc"]}
-            log_hparams(logger.experiment, hp, metrics, trainer.global_step)
+            log_hparams(logger.experiment, hp, metrics, trainer.global_step, trial_id=f"{run_dir.parent.name}/{run_dir.name}")
             logger.save()
 
 

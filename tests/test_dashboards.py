@@ -34,7 +34,7 @@ def _hparams_events(run_dir):
 
 def test_experiment_config_and_session_values(tmp_path):
     writer = SummaryWriter(tmp_path)
-    log_hparams(writer, STRONG, {"hp/val_acc": 0.9409, "hp/test_acc": 0.9402}, step=25800)
+    log_hparams(writer, STRONG, {"hp/val_acc": 0.9409, "hp/test_acc": 0.9402}, step=25800, trial_id="cnn/version_3")
     writer.close()
     events = _hparams_events(tmp_path)
     experiment = hp_metadata.parse_experiment_plugin_data(events[hp_metadata.EXPERIMENT_TAG])
@@ -48,6 +48,7 @@ def test_experiment_config_and_session_values(tmp_path):
     assert session.hparams["tta_hflip"].bool_value is True and session.hparams["hflip"].HasField("bool_value")
     assert session.hparams["recipe"].string_value == recipe_text(STRONG)
     assert session.hparams["lr"].number_value == 3e-3
+    assert session.group_name == "cnn/version_3"  # the HPARAMS table's "Trial ID"
     assert round(events["hp/test_acc"], 4) == 0.9402
 
 
