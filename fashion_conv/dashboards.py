@@ -26,7 +26,7 @@ def _writer(trainer: Trainer):
     return None
 
 
-# TensorBoard shows a figure scaled to its card (about 400 pixels wide): figures are drawn about that wide
+# TensorBoard shows a figure scaled to its card (320-350 pixels wide): figures are drawn about 400 pixels wide
 # (100 dpi) with 9-11 pt text, so they are read at card size, not only when enlarged.
 TEXT = 9
 
@@ -35,7 +35,7 @@ def sample_grid(images: torch.Tensor, labels: torch.Tensor, n: int = 16) -> plt.
     """The notebook's ``show_samples``: the first ``n`` images with their class names."""
     cols = 4
     rows = -(-min(n, len(images)) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.15, rows * 1.3), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.0, rows * 1.15), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, img, label in zip(axes.flat, images[:n], labels[:n]):
@@ -48,7 +48,7 @@ def sample_grid(images: torch.Tensor, labels: torch.Tensor, n: int = 16) -> plt.
 def class_counts_figure(labels: torch.Tensor, title: str) -> plt.Figure:
     """The notebook's ``value_counts``, as a bar chart: one labelled horizontal bar a class."""
     counts = torch.bincount(labels, minlength=len(CLASS_NAMES)).tolist()
-    fig, ax = plt.subplots(figsize=(4.6, 3.4))
+    fig, ax = plt.subplots(figsize=(4.0, 3.0))
     ax.barh(range(len(counts)), counts, color="tab:blue")
     ax.set_yticks(range(len(counts)), CLASS_NAMES, fontsize=TEXT + 1)
     ax.invert_yaxis()  # class 0 on top, as in the dataset's label order
@@ -64,15 +64,15 @@ def class_counts_figure(labels: torch.Tensor, title: str) -> plt.Figure:
 def confusion_figure(matrix: torch.Tensor) -> plt.Figure:
     """Rows are true classes, columns predictions; cells show counts."""
     m = matrix.cpu().numpy()
-    fig, ax = plt.subplots(figsize=(5.4, 5.2))
+    fig, ax = plt.subplots(figsize=(4.2, 4.2))
     ax.imshow(m, cmap="Blues")
-    ax.set_xticks(range(len(CLASS_NAMES)), CLASS_NAMES, rotation=45, ha="right", fontsize=TEXT + 1)
-    ax.set_yticks(range(len(CLASS_NAMES)), CLASS_NAMES, fontsize=TEXT + 1)
-    ax.set_xlabel("predicted", fontsize=TEXT + 1)
-    ax.set_ylabel("true", fontsize=TEXT + 1)
+    ax.set_xticks(range(len(CLASS_NAMES)), CLASS_NAMES, rotation=45, ha="right", fontsize=TEXT)
+    ax.set_yticks(range(len(CLASS_NAMES)), CLASS_NAMES, fontsize=TEXT)
+    ax.set_xlabel("predicted", fontsize=TEXT)
+    ax.set_ylabel("true", fontsize=TEXT)
     for (i, j), v in np.ndenumerate(m):
         ax.text(j, i, str(v), ha="center", va="center", fontsize=TEXT, color="white" if v > m.max() / 2 else "black")
-    ax.set_title(f"test confusion matrix, accuracy {m.trace() / max(m.sum(), 1):.4f}", fontsize=TEXT + 2)
+    ax.set_title(f"test confusion matrix, accuracy {m.trace() / max(m.sum(), 1):.4f}", fontsize=TEXT + 1)
     fig.tight_layout(pad=0.4)
     return fig
 
