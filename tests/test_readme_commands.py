@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import REPO, tiny_arrays
+
 from fashion_conv.csvio import CLASS_NAMES, write_csv
 
 FIT_SPEED = "--data.val_size 100 --trainer.max_epochs 1"
@@ -42,7 +42,7 @@ class MyNet(nn.Module):  # the README's example of a user's own backbone
 def readme_commands(text: str) -> list[tuple[str, list[str]]]:
     """(command, lines of output the README shows for it), in README order; continuation lines joined."""
     found = []
-    for lang, body in re.findall(r"```(\w*)\n(.*?)```", text, re.S):
+    for lang, body in re.findall(r"```(\w*)\n(.*?)```", text, re.DOTALL):
         lines = body.replace("\\\n", "").splitlines()
         if lang == "bash":
             found += [(re.sub(r"\s+#.*$", "", line).strip(), []) for line in lines if line.strip() and not line.startswith("#")]
@@ -102,7 +102,8 @@ def test_readme_commands_run_as_written(tmp_path):
         if command in SKIPPED and not (torch.cuda.is_available() and "gpu" in command):
             continue
         if command not in ran:
-            done = subprocess.run(["bash", "-o", "pipefail", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+            bash = ["bash", "-o", "pipefail", "-c", command]
+            done = subprocess.run(bash, check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
             ran[command] = done.returncode, (done.stdout + done.stderr).replace("\r", "\n").splitlines()
         returncode, output = ran[command]
         expect_error = any(line.startswith("error:") for line in shown)
