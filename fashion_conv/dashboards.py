@@ -26,54 +26,54 @@ def _writer(trainer: Trainer):
     return None
 
 
-# TensorBoard shows a figure scaled to its card (320-350 pixels wide): figures are drawn about 400 pixels wide
-# (100 dpi) with 9-11 pt text, so they are read at card size, not only when enlarged.
-TEXT = 9
+# TensorBoard's TIME SERIES shows an image about 200 pixels high in a card about 370 wide (IMAGES shows it as
+# drawn): figures are drawn that size (100 dpi) with 7-9 pt text, so they are read without enlarging them.
+CARD = (3.7, 2.1)  # inches
 
 
-def sample_grid(images: torch.Tensor, labels: torch.Tensor, n: int = 16) -> plt.Figure:
+def sample_grid(images: torch.Tensor, labels: torch.Tensor, n: int = 12) -> plt.Figure:
     """The notebook's ``show_samples``: the first ``n`` images with their class names."""
-    cols = 4
+    cols = 6
     rows = -(-min(n, len(images)) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.0, rows * 1.15), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(CARD[0], rows * 0.85), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, img, label in zip(axes.flat, images[:n], labels[:n]):
         ax.imshow(img.squeeze(0), cmap="gray", vmin=0, vmax=255)
-        ax.set_title(CLASS_NAMES[int(label)], fontsize=TEXT)
-    fig.tight_layout(pad=0.3)
+        ax.set_title(CLASS_NAMES[int(label)], fontsize=7, pad=2)
+    fig.tight_layout(pad=0.2, h_pad=0.3, w_pad=0.2)
     return fig
 
 
 def class_counts_figure(labels: torch.Tensor, title: str) -> plt.Figure:
     """The notebook's ``value_counts``, as a bar chart: one labelled horizontal bar a class."""
     counts = torch.bincount(labels, minlength=len(CLASS_NAMES)).tolist()
-    fig, ax = plt.subplots(figsize=(4.0, 3.0))
+    fig, ax = plt.subplots(figsize=CARD)
     ax.barh(range(len(counts)), counts, color="tab:blue")
-    ax.set_yticks(range(len(counts)), CLASS_NAMES, fontsize=TEXT + 1)
+    ax.set_yticks(range(len(counts)), CLASS_NAMES, fontsize=8)
     ax.invert_yaxis()  # class 0 on top, as in the dataset's label order
-    ax.set_xlim(0, max(max(counts), 1) * 1.3)  # room for the numbers
-    ax.tick_params(axis="x", labelsize=TEXT)
-    ax.set_title(f"{title}: {sum(counts):,} images", fontsize=TEXT + 2)
+    ax.set_xlim(0, max(max(counts), 1) * 1.25)  # room for the numbers
+    ax.set_xticks([])  # each bar carries its count
+    ax.set_title(f"{title}: {sum(counts):,} images", fontsize=9)
     for i, c in enumerate(counts):
-        ax.text(c, i, f" {c:,}", va="center", fontsize=TEXT + 1)
-    fig.tight_layout(pad=0.4)
+        ax.text(c, i, f" {c:,}", va="center", fontsize=8)
+    fig.tight_layout(pad=0.3)
     return fig
 
 
 def confusion_figure(matrix: torch.Tensor) -> plt.Figure:
-    """Rows are true classes, columns predictions; cells show counts."""
+    """Rows are true classes, columns predictions (by class number); cells show counts."""
     m = matrix.cpu().numpy()
-    fig, ax = plt.subplots(figsize=(4.2, 4.2))
-    ax.imshow(m, cmap="Blues")
-    ax.set_xticks(range(len(CLASS_NAMES)), CLASS_NAMES, rotation=45, ha="right", fontsize=TEXT)
-    ax.set_yticks(range(len(CLASS_NAMES)), CLASS_NAMES, fontsize=TEXT)
-    ax.set_xlabel("predicted", fontsize=TEXT)
-    ax.set_ylabel("true", fontsize=TEXT)
+    fig, ax = plt.subplots(figsize=CARD)
+    ax.imshow(m, cmap="Blues", aspect="auto")  # wide cells: 4-digit counts fit in a card-sized figure
+    ax.set_xticks(range(len(CLASS_NAMES)), range(len(CLASS_NAMES)), fontsize=7)
+    ax.set_yticks(range(len(CLASS_NAMES)), [f"{name} {i}" for i, name in enumerate(CLASS_NAMES)], fontsize=7)
+    ax.tick_params(length=0, pad=2)
+    ax.xaxis.tick_top()
     for (i, j), v in np.ndenumerate(m):
-        ax.text(j, i, str(v), ha="center", va="center", fontsize=TEXT, color="white" if v > m.max() / 2 else "black")
-    ax.set_title(f"test confusion matrix, accuracy {m.trace() / max(m.sum(), 1):.4f}", fontsize=TEXT + 1)
-    fig.tight_layout(pad=0.4)
+        ax.text(j, i, str(v), ha="center", va="center", fontsize=7, color="white" if v > m.max() / 2 else "black")
+    ax.set_xlabel(f"test: predicted class (rows: true class), accuracy {m.trace() / max(m.sum(), 1):.4f}", fontsize=8)
+    fig.tight_layout(pad=0.3)
     return fig
 
 
