@@ -72,7 +72,7 @@ def confusion_figure(matrix: torch.Tensor) -> plt.Figure:
     ax.xaxis.tick_top()
     for (i, j), v in np.ndenumerate(m):
         ax.text(j, i, str(v), ha="center", va="center", fontsize=7, color="white" if v > m.max() / 2 else "black")
-    ax.set_xlabel(f"test: predicted class (rows: true class), accuracy {m.trace() / max(m.sum(), 1):.4f}", fontsize=8)
+    ax.set_xlabel(f"predicted (rows: true class), test acc {m.trace() / max(m.sum(), 1):.4f}", fontsize=8)
     fig.tight_layout(pad=0.3)
     return fig
 
