@@ -31,6 +31,8 @@ def install() -> None:
             logger.addFilter(_TIP_FILTER)
     # Lightning 2.6's own pytree helper uses a class torch 2.10+ deprecates; nothing for us to change.
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
+    # bf16-mixed runs: Lightning's summary table estimates the model's size in MB as if fp32 and says so.
+    warnings.filterwarnings("ignore", message=r"Precision .* is not supported by the model summary", category=UserWarning)
 
 
 def resuming() -> None:

@@ -15,6 +15,7 @@ def test_leafspec_deprecation_dropped_other_future_warnings_kept():
         warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use `isinstance(treespec, TreeSpec)`", FutureWarning)
         warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated", UserWarning)  # another category: kept
         warnings.warn("something else is deprecated", FutureWarning)
+        warnings.warn("Precision bf16-mixed is not supported by the model summary.  Estimated model size ...", UserWarning)
     assert [(type(w.message), str(w.message)) for w in caught] == [
         (UserWarning, "`isinstance(treespec, LeafSpec)` is deprecated"),
         (FutureWarning, "something else is deprecated"),
