@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import signal
 import threading
 import time
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -141,3 +143,17 @@ class GracefulStop(Callback):
         mid = state_dict.get("mid_epoch")
         self._resume = tuple(mid) if mid else None
         self._seconds_before = float(state_dict.get("train_seconds") or 0.0)
+
+
+class BestCheckpoint(ModelCheckpoint):
+    """Lightning's best-by-metric checkpoint, plus ``best.ckpt``: a stable name for it (``best-epoch=3-...``
+    tells which epoch won but changes from run to run). The copy is written atomically, so ``best.ckpt``
+    is always a whole checkpoint, the old best or the new one."""
+
+    ALIAS = "best.ckpt"
+
+    def _save_checkpoint(self, trainer: Trainer, filepath: str) -> None:
+        super()._save_checkpoint(trainer, filepath)
+        if filepath == self.best_model_path and trainer.is_global_zero:  # rank 0 wrote the file (Lightning waits for it)
+            with atomic_path(Path(filepath).with_name(self.ALIAS)) as tmp:
+                shutil.copyfile(filepath, tmp)

@@ -22,6 +22,14 @@ from fashion_conv.errors import FashionConvError
 from fashion_conv.weights import add_model_arguments, load_model
 
 
+INPUT_HELP = (
+    "The exported model takes a float32 tensor (B, 1, 28, 28) with pixels in [0, 1] (byte value / 255; a light "
+    "object on black, as in Fashion-MNIST, any batch size B) and returns logits (B, 10), classes in the order of "
+    "fashion_conv.CLASS_NAMES (0 T-shirt/top ... 9 Ankle boot); softmax gives probabilities. No flip TTA: average "
+    "the logits of x and x.flip(-1) for it. python -m fashion_conv.predict turns photos into such tensors."
+)
+
+
 def _example_input(batch: int = 2) -> torch.Tensor:
     return torch.rand(batch, 1, 28, 28, generator=torch.Generator().manual_seed(0))
 
@@ -48,7 +56,9 @@ def export_program(backbone: nn.Module, path: str | Path) -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m fashion_conv.export", description=__doc__.splitlines()[0].split(": ", 1)[1])
+    parser = argparse.ArgumentParser(
+        prog="python -m fashion_conv.export", description=__doc__.splitlines()[0].split(": ", 1)[1], epilog=INPUT_HELP
+    )
     add_model_arguments(parser)
     parser.add_argument("-o", "--output", required=True, help="file to write, e.g. model.ts.pt (or model.pt2 with --to program)")
     parser.add_argument("--to", choices=("torchscript", "program"), default="torchscript", help="format (default torchscript)")

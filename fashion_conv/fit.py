@@ -26,10 +26,11 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
+from fashion_conv import quiet
 from fashion_conv.atomic import WriteError, atomic_path, atomic_write_text
 from fashion_conv.weights import checkpoint_backbone, read_weights_file
-from fashion_conv.checkpoints import AtomicCheckpointIO, GracefulStop
-from fashion_conv.dashboards import DatasetDashboards
+from fashion_conv.checkpoints import AtomicCheckpointIO, BestCheckpoint, GracefulStop
+from fashion_conv.dashboards import DatasetDashboards, log_hparams
 from fashion_conv.datamodule import FashionMNISTDataModule
 from fashion_conv.errors import FashionConvError
 from fashion_conv.module import FashionClassifier
@@ -154,6 +155,7 @@ class FashionCLI(LightningCLI):
             self.resume_from = Path(ckpt)
         if self.resume_from is not None:  # checked before anything is written: a bad file never touches a run folder
             check_resume(self.resume_from, config)
+            quiet.resuming()
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         if self.config.trainer.logger in (None, True):  # the default: one TensorBoard folder per backbone
@@ -182,6 +184,7 @@ def _backbone_name(model_config) -> str:
 
 def build_cli(argv: list[str] | dict | None, callbacks: Sequence[Callback] = ()) -> FashionCLI:
     """The ``fit`` command line from ``argv`` (a list of arguments or a config dict); ``callbacks`` join the defaults."""
+    quiet.install()
     return FashionCLI(
         FashionClassifier,
         FashionMNISTDataModule,
@@ -192,8 +195,9 @@ def build_cli(argv: list[str] | dict | None, callbacks: Sequence[Callback] = ())
         trainer_defaults={
             "max_epochs": 5,
             "callbacks": [
-                # First (trainer.checkpoint_callback): the best epoch by validation accuracy, tested at the end.
-                ModelCheckpoint(
+                # First (trainer.checkpoint_callback): the best epoch by validation accuracy, tested at the end;
+                # also copied to checkpoints/best.ckpt, a name the README's commands can use.
+                BestCheckpoint(
                     monitor="val/acc", mode="max", filename="best-epoch={epoch}-val_acc={val/acc:.4f}", auto_insert_metric_name=False
                 ),
                 # checkpoints/last.ckpt after every epoch, for --ckpt_path last. (Lightning 2.6's save_last=True
@@ -284,7 +288,8 @@ def _write_outputs(trainer: Trainer, model: FashionClassifier, summary: dict) ->
             hp.update({k: model.hparams[k] for k in RECIPE_MODEL_HPARAMS if k in model.hparams})
             data_hp = trainer.datamodule.hparams
             hp.update({k: data_hp[k] for k in RECIPE_DATA_HPARAMS if k in data_hp})
-            logger.log_hyperparams(hp, metrics={"hp/val_acc": summary["val_acc"] or 0.0, "hp/test_acc": summary["test_acc"]})
+            metrics = {"hp/val_acc": summary["val_acc"] or 0.0, "hp/test_acc": summary["test_acc"]}
+            log_hparams(logger.experiment, hp, metrics, trainer.global_step, trial_id=f"{run_dir.parent.name}/{run_dir.name}")
             logger.save()
 
 

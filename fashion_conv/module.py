@@ -133,7 +133,8 @@ class FashionClassifier(LightningModule):
 
     def on_train_epoch_end(self) -> None:
         acc = self.accuracy["train_"]
-        self.log("train/acc", acc.compute(), prog_bar=True)  # compute() already gathers every process's counts
+        # compute() already gathers every process's counts; sync_dist averages the equal values (one all-reduce an epoch)
+        self.log("train/acc", acc.compute(), prog_bar=True, sync_dist=True)
         self.log("train/loss_epoch", self._epoch_loss / max(self._epoch_samples, 1), sync_dist=True)
         acc.reset()
 

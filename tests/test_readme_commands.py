@@ -1,0 +1,120 @@
+"""Every shell command in the README runs as written, in README order, in a scratch folder with tiny data.
+
+The commands are read from the README's ```bash blocks and its ``$ `` lines. The only change: every
+``fashion_conv.fit`` run gets ``--data.val_size 100 --trainer.max_epochs 1`` appended (by the ``python``
+that PATH finds here), so training is short; each option the README gives is still parsed and used. Where the
+README shows output, each shown line must appear in order, with its numbers and class names free to differ
+(tiny data), the rest exact. The default fit must print no warning. SKIPPED lists what is not run, and why.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO, tiny_arrays
+
+from fashion_conv.csvio import CLASS_NAMES, write_csv
+
+FIT_SPEED = "--data.val_size 100 --trainer.max_epochs 1"
+SKIPPED = {
+    "bash scripts/setup.sh test && .venv/bin/python -m pytest": "runs this test suite; CI runs exactly this",
+    "python -m fashion_conv.fit --trainer.accelerator gpu --trainer.devices 1": "needs a GPU",
+}
+SETUP = "bash scripts/setup.sh && "  # installs packages and the real data: CI runs it before the tests
+MY_NET = """from torch import nn
+
+class MyNet(nn.Module):  # the README's example of a user's own backbone
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+
+    def forward(self, x):
+        return self.net(x)
+"""
+
+
+def readme_commands(text: str) -> list[tuple[str, list[str]]]:
+    """(command, lines of output the README shows for it), in README order; continuation lines joined."""
+    found = []
+    for lang, body in re.findall(r"```(\w*)\n(.*?)```", text, re.DOTALL):
+        lines = body.replace("\\\n", "").splitlines()
+        if lang == "bash":
+            found += [(re.sub(r"\s+#.*$", "", line).strip(), []) for line in lines if line.strip() and not line.startswith("#")]
+        elif lang == "":
+            for line in lines:
+                if line.startswith("$ "):
+                    found.append((re.sub(r"\s+", " ", line[2:]).strip(), []))
+                elif found and found[-1][0] and lines[0].startswith("$ ") and line not in ("...", ""):
+                    found[-1][1].append(line)
+    return [(" ".join(c.split()), out) for c, out in found]
+
+
+def shape(line: str) -> re.Pattern:
+    """A shown output line as a pattern: numbers and class names may differ, ``...`` stands for anything (the
+    README shortens long lines so), everything else is exact."""
+    names = "|".join(re.escape(n) for n in sorted(CLASS_NAMES, key=len, reverse=True))
+    number = rf"(?:\d[\d,.]*|{names})"
+    parts = re.split(rf"(\.\.\.|\d[\d,.]*|{names})", line)
+    return re.compile("".join(re.escape(p) if i % 2 == 0 else ".*" if p == "..." else number for i, p in enumerate(parts)))
+
+
+def scratch(tmp_path: Path) -> dict:
+    """A fresh-clone-like folder: tiny data, the README's docs and configs, ``python`` that shortens fits."""
+    for split, n, seed in (("train", 400, 1), ("test", 200, 2)):
+        write_csv(tmp_path / "data" / "processed" / f"fashion-mnist-{split}.csv", *tiny_arrays(n, seed))
+    for name in ("docs", "configs"):
+        (tmp_path / name).symlink_to(REPO / name)
+    (tmp_path / "my_pkg").mkdir()
+    (tmp_path / "my_pkg" / "__init__.py").write_text("")
+    (tmp_path / "my_pkg" / "nets.py").write_text(MY_NET)
+    bin_dir = tmp_path / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    python = bin_dir / "python"
+    python.write_text(
+        f'#!/bin/bash\nif [ "$1 $2" = "-m fashion_conv.fit" ] || [ "$1 $2 $3" = "-m fashion_conv.cli fit" ]; then\n'
+        f'  exec {sys.executable} "$@" {FIT_SPEED}\nfi\nexec {sys.executable} "$@"\n'
+    )
+    (bin_dir / "fashion-conv").write_text(f'#!/bin/bash\nexec {python} -m fashion_conv.cli "$@"\n')
+    for script in bin_dir.iterdir():
+        script.chmod(0o755)
+    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHONWARNINGS": ""}
+
+
+def test_readme_commands_are_found():
+    commands = [c for c, _ in readme_commands((REPO / "README.md").read_text())]
+    assert ".venv/bin/python -m fashion_conv.predict --checkpoint lightning_logs/cnn/version_0/checkpoints/best.ckpt docs/examples/test-row-1.png" in commands
+    assert "python -m fashion_conv.fit --model.backbone resnet" in commands  # a $ line with its output
+    assert set(SKIPPED) <= set(commands), "a skipped command is no longer in the README: drop it from SKIPPED"
+
+
+@pytest.mark.slow
+def test_readme_commands_run_as_written(tmp_path):
+    env = scratch(tmp_path)
+    ran = {}  # command -> (exit status, output lines): a command shown twice runs once
+    for command, shown in readme_commands((REPO / "README.md").read_text()):
+        command = command.removeprefix(SETUP)
+        if command in SKIPPED and not (torch.cuda.is_available() and "gpu" in command):
+            continue
+        if command not in ran:
+            bash = ["bash", "-o", "pipefail", "-c", command]
+            done = subprocess.run(bash, check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+            ran[command] = done.returncode, (done.stdout + done.stderr).replace("\r", "\n").splitlines()
+        returncode, output = ran[command]
+        expect_error = any(line.startswith("error:") for line in shown)
+        assert (returncode != 0) == expect_error, f"{command}\n" + "\n".join(output[-40:])
+        lines = iter(output)
+        for want in shown:
+            pattern = shape(want)
+            assert any(pattern.fullmatch(line) for line in lines), f"{command}: no line like {want!r} in\n" + "\n".join(output[-30:])
+        if "fashion_conv.fit" in command and returncode == 0:  # a quiet console, resumed runs included
+            noise = [line for line in output if re.search(r"Warning|\.py:\d+: |💡|deprecated", line) and "logging interval" not in line]
+            assert not noise, f"{command}: {noise}"  # (tiny data has fewer batches than the logging interval; real data not)
+    checkpoints = tmp_path / "lightning_logs" / "cnn" / "version_0" / "checkpoints"
+    descriptive = [p for p in checkpoints.glob("best-*.ckpt")]
+    assert len(descriptive) == 1 and descriptive[0].read_bytes() == (checkpoints / "best.ckpt").read_bytes()
