@@ -1,12 +1,12 @@
 """Where a model looks, with Captum: Integrated Gradients (with its convergence delta), Occlusion, Layer Grad-CAM.
 
 Every function takes a backbone in eval mode and images (B, 1, H, W) in [0, 1], and returns maps (B, H, W).
+Captum is imported on first use: ``fit`` imports this package for its callback and should not pay for it at start.
 """
 
 from __future__ import annotations
 
 import torch
-from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam, Occlusion
 from torch import nn
 
 from fashion_conv.explain.layers import last_conv
@@ -17,6 +17,8 @@ def integrated_gradients(model: nn.Module, images: torch.Tensor, targets: torch.
 
     Completeness: a map sums to f(x)_t - f(0)_t; Captum's delta is the difference, a check of the integral.
     """
+    from captum.attr import IntegratedGradients
+
     ig = IntegratedGradients(model)
     attr, delta = ig.attribute(
         images, baselines=torch.zeros_like(images), target=targets, n_steps=steps, method="gausslegendre", return_convergence_delta=True
@@ -33,6 +35,8 @@ def completeness_gap(model: nn.Module, images: torch.Tensor, targets: torch.Tens
 
 def occlusion(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, window: int = 4, stride: int = 2) -> torch.Tensor:
     """The drop in the target logit when a ``window`` x ``window`` black patch covers each place: maps (B, H, W)."""
+    from captum.attr import Occlusion
+
     channels = images.shape[1]
     attr = Occlusion(model).attribute(
         images, sliding_window_shapes=(channels, window, window), strides=(channels, stride, stride), target=targets, baselines=0.0,
@@ -43,6 +47,8 @@ def occlusion(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, win
 
 def grad_cam(model: nn.Module, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | None:
     """Layer Grad-CAM on the last conv layer, upsampled to the image size: maps (B, H, W); ``None`` without a conv."""
+    from captum.attr import LayerAttribution, LayerGradCam
+
     found = last_conv(model)
     if found is None:
         return None

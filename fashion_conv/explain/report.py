@@ -34,9 +34,9 @@ class Explained:
     probs: torch.Tensor | None = None  # (N, K) on the test images, filled in by the report
 
 
-def one_per_class(labels: torch.Tensor, classes: int = len(CLASS_NAMES)) -> torch.Tensor:
-    """Indices of the first image of each class in file order (10,): the fixed images every figure shows."""
-    return torch.stack([torch.nonzero(labels == c)[0, 0] for c in range(classes)])
+def one_per_class(labels: torch.Tensor) -> torch.Tensor:
+    """Indices of the first image of each class present, in file order (10,): the fixed images every figure shows."""
+    return torch.stack([torch.nonzero(labels == c)[0, 0] for c in torch.unique(labels).tolist()])
 
 
 def save_figure(fig: plt.Figure, path: Path) -> None:
@@ -179,6 +179,9 @@ def _errors_section(models: list[Explained], images: torch.Tensor, labels: torch
         found = confident_errors(m.probs, labels, per_class)
         all_rows += [{"model": m.label, **r, "true_name": CLASS_NAMES[r["true"]], "predicted_name": CLASS_NAMES[r["predicted"]]} for r in found]
         worst = list({r["true"]: r for r in reversed(found)}.values())[::-1]  # the first (most confident) row per class
+        if not worst:
+            md += [f"**{m.label}**: no mistakes on these images.", ""]
+            continue
         idx = torch.tensor([r["index"] for r in worst])
         maps = attribution_maps(m.model, images[idx], torch.tensor([r["predicted"] for r in worst]), steps)
         maps.pop("ig delta")
