@@ -20,7 +20,7 @@ from fashion_conv.explain.__main__ import main
 IG_TOLERANCE = 0.01  # |Captum's delta| <= 1 % of f(x)_t - f(0)_t, with 64 Gauss-Legendre steps
 
 
-def tiny_trained(model: nn.Module, steps: int = 40) -> nn.Module:
+def tiny_trained(model: nn.Module, steps: int = 20) -> nn.Module:
     """``model`` after ``steps`` Adam steps on 120 tiny images (tests/conftest.py), in eval mode."""
     labels, images = tiny_arrays(120, seed=1)
     x, y = torch.from_numpy(images).float().div(255).unsqueeze(1), torch.from_numpy(labels).long()
@@ -87,7 +87,7 @@ def test_feature_maps_figure_has_input_plus_channels_per_layer(tiny_cnn, test_im
 
 def test_attributions_for_conv_and_mlp_side_by_side(tiny_cnn, tiny_mlp, test_images):
     x, y = test_images[0][:10], test_images[1][:10]
-    cnn, mlp = attribution_maps(tiny_cnn, x, y), attribution_maps(tiny_mlp, x, y)
+    cnn, mlp = attribution_maps(tiny_cnn, x, y, steps=8), attribution_maps(tiny_mlp, x, y, steps=8)
     assert set(cnn) == {"integrated gradients", "occlusion", "grad-cam", "ig delta"}
     assert set(mlp) == {"integrated gradients", "occlusion", "ig delta"}  # no conv layer: no Grad-CAM
     assert all(cnn[k].shape == (10, 28, 28) for k in ("integrated gradients", "occlusion", "grad-cam"))
@@ -148,19 +148,24 @@ def test_confident_errors_per_class():
     assert math.isclose(rows[0]["confidence"], 0.9, rel_tol=1e-6)
 
 
-@pytest.fixture
-def saved_models(tmp_path, tiny_data_dir):
+@pytest.fixture(scope="module")
+def saved_models(tmp_path_factory):
+    """mlp.pth and cnn5.pth trained for 20 steps, and a data folder with 40 tiny test images."""
+    from fashion_conv.csvio import write_csv
+
+    tmp = tmp_path_factory.mktemp("explain")
     torch.manual_seed(0)
-    mlp, cnn5 = tiny_trained(build_backbone("mlp"), 20), tiny_trained(build_backbone("cnn5"), 20)
-    torch.save(mlp.state_dict(), tmp_path / "mlp.pth")
-    torch.save(cnn5.state_dict(), tmp_path / "cnn5.pth")
-    return tmp_path
+    for name in ("mlp", "cnn5"):
+        torch.save(tiny_trained(build_backbone(name), 20).state_dict(), tmp / f"{name}.pth")
+    write_csv(tmp / "data" / "processed" / "fashion-mnist-test.csv", *tiny_arrays(40, seed=2))
+    return tmp
 
 
-def test_report_end_to_end(saved_models, tiny_data_dir, capsys):
+def test_report_end_to_end(saved_models):
     out = saved_models / "report"
     args = ["--weights", str(saved_models / "mlp.pth"), "--backbone", "mlp", "--weights", str(saved_models / "cnn5.pth"),
-            "--backbone", "cnn5", "--data-dir", str(tiny_data_dir), "--out", str(out), "--steps", "16"]  # fmt: skip
+            "--backbone", "cnn5", "--data-dir", str(saved_models / "data"), "--out", str(out), "--steps", "8",
+            "--equivariance-images", "20", "--errors-per-class", "1"]  # fmt: skip
     assert main(args) == 0
     report = (out / "report.md").read_text()
     for heading in ("## 1. First-layer filters", "## 2. Feature maps", "## 3. Attributions", "## 4. Translation", "## 5. The most confident"):
@@ -186,9 +191,9 @@ def test_report_end_to_end(saved_models, tiny_data_dir, capsys):
         (lambda p: [], "give a model"),
     ],
 )
-def test_bad_input_is_one_error_line(saved_models, tiny_data_dir, capsys, make_args, message):
+def test_bad_input_is_one_error_line(saved_models, capsys, make_args, message):
     (saved_models / "bad.ckpt").write_bytes(b"not a checkpoint")
-    code = main([*make_args(saved_models), "--data-dir", str(tiny_data_dir), "--out", str(saved_models / "out")])
+    code = main([*make_args(saved_models), "--data-dir", str(saved_models / "data"), "--out", str(saved_models / "out")])
     err = capsys.readouterr().err
     assert code in (1, 2) and err.count("\n") == 1 and err.startswith("error: ") and message in err, err
     assert not (saved_models / "out").exists()
