@@ -197,3 +197,18 @@ def test_bad_input_is_one_error_line(saved_models, capsys, make_args, message):
     err = capsys.readouterr().err
     assert code in (1, 2) and err.count("\n") == 1 and err.startswith("error: ") and message in err, err
     assert not (saved_models / "out").exists()
+
+
+@pytest.mark.parametrize("on", [True, False])
+def test_fit_shows_filters_feature_maps_and_attributions_in_tensorboard(tiny_data_dir, tmp_path, on):
+    from test_fit import fit_args, tensorboard_tags
+
+    from fashion_conv.fit import main as fit
+
+    kwargs = ["--model.backbone", "convnet", "--model.backbone_kwargs", '{"channels": [4], "hidden": 0}', "--trainer.max_epochs", "1"]
+    assert fit([*fit_args(tiny_data_dir, tmp_path), *kwargs, "--explain_figures", str(on).lower()]) == 0
+    tags = tensorboard_tags(tmp_path / "lightning_logs" / "convnet" / "version_0")
+    explain = {t for t in tags["images"] if t.startswith("explain/")}
+    expected = {"explain/filters", "explain/feature_maps/conv1+relu", "explain/feature_maps/pool1", "explain/attributions"}
+    assert explain == (expected if on else set())
+    assert ("explain/seconds" in tags["scalars"]) == on

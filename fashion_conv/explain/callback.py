@@ -9,6 +9,7 @@ from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 
+from fashion_conv.errors import FashionConvError
 from fashion_conv.explain.attributions import attribution_maps
 from fashion_conv.explain.filters import first_layer_filters
 from fashion_conv.explain.layers import block_outputs, feature_maps, layer_labels, spatial_layers
@@ -51,7 +52,10 @@ def fixed_images(data) -> tuple[torch.Tensor, torch.Tensor] | None:
     if data is None:
         return None
     if getattr(data, "test_set", None) is None and hasattr(data, "setup"):
-        data.setup("test")  # loads the test CSV (cached), which trainer.test then reuses
+        try:
+            data.setup("test")  # loads the test CSV (cached), which trainer.test then reuses
+        except FashionConvError:
+            pass  # no test set: the figures use validation images; a missing file is reported when testing
     dataset = getattr(data, "test_set", None) or getattr(data, "val_set", None)
     if dataset is None or not hasattr(dataset, "labels"):
         return None
