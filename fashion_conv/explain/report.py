@@ -58,7 +58,7 @@ def slug(label: str) -> str:
 
 
 def write_report(models: list[Explained], images: torch.Tensor, labels: torch.Tensor, out: Path, command: str = "",
-                 equivariance_images: int = 1000, errors_per_class: int = 3, steps: int = 64) -> Path:  # fmt: skip
+                 equivariance_images: int = 1000, errors_per_class: int = 3, steps: int = 256) -> Path:  # fmt: skip
     """Explain ``models`` on test ``images`` (N, 1, 28, 28) in [0, 1] with ``labels`` (N,); returns report.md's path."""
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -73,7 +73,8 @@ def write_report(models: list[Explained], images: torch.Tensor, labels: torch.Te
     md += _attributions_section(models, x, y, out, steps)
     md += _equivariance_section(models, images[:equivariance_images], out)
     md += _errors_section(models, images, labels, out, errors_per_class, steps)
-    md += [f"Written in {time.perf_counter() - start:.0f} s on CPU ({torch.get_num_threads()} threads).", ""]
+    threads = torch.get_num_threads()
+    md += [f"Written in {time.perf_counter() - start:.0f} s on CPU ({threads} thread{'s' if threads > 1 else ''}).", ""]
     atomic_write_text(out / "report.md", "\n".join(md))
     return out / "report.md"
 
