@@ -4,7 +4,13 @@ A Python API on any backbone ``nn.Module`` and tensors (no files); ``python -m f
 the report, and ``ExplainFigures`` adds the same pictures to a run's TensorBoard.
 """
 
-from fashion_conv.explain.attributions import attribution_maps, completeness_gap, grad_cam, integrated_gradients, occlusion
+from fashion_conv.explain.attributions import (
+    attribution_maps,
+    completeness_gap,
+    grad_cam,
+    integrated_gradients,
+    occlusion,
+)
 from fashion_conv.explain.equivariance import equivariance_errors, relative_error, shift
 from fashion_conv.explain.filters import first_layer_filters
 from fashion_conv.explain.layers import LayerInfo, block_outputs, feature_maps, layer_labels, spatial_layers

@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", action="append", default=[], metavar="model.pth", help="a backbone state dict, with --backbone (repeatable)")
     p.add_argument("--backbone", action="append", default=[], metavar="NAME", help="the backbone of each --weights, in order: mlp, cnn, cnn5, convnet or a class path")
     p.add_argument("--label", action="append", default=[], help="a name per model in the report, in order (checkpoints first); default: the backbone's name")
-    p.add_argument("--out", type=Path, default=Path("reports/explain"), help="folder for report.md, PNGs and CSVs (default: reports/explain)")
+    p.add_argument("--out", type=Path, required=True, help="folder for report.md, PNGs and CSVs (created; files in it are replaced)")
     p.add_argument("--data-dir", type=Path, default=Path("data"), help="the data folder holding processed/fashion-mnist-test.csv (default: data)")
     p.add_argument("--equivariance-images", type=int, default=1000, help="test images for the equivariance measurement (default: 1000)")
     p.add_argument("--errors-per-class", type=int, default=3, help="most confident mistakes listed per class (default: 3)")

@@ -93,8 +93,8 @@ def _models_section(models: list[Explained], images: torch.Tensor, labels: torch
 
 def _filters_section(models: list[Explained], out: Path) -> list[str]:
     md = ["## 1. First-layer filters", "",
-          "Conv kernels are small local detectors (edges, blobs); the MLP's first layer learns whole-image templates "
-          "(its 32 rows with the largest norm, each as a 28x28 picture). Red is positive, blue negative.", ""]  # fmt: skip
+          ("Conv kernels are small local detectors (edges, blobs); the MLP's first layer learns whole-image templates "
+           "(its 32 rows with the largest norm, each as a 28x28 picture). Red is positive, blue negative."), ""]  # fmt: skip
     for m in models:
         filters, kind = first_layer_filters(m.model)
         name = f"filters_{slug(m.label)}.png"
@@ -105,8 +105,8 @@ def _filters_section(models: list[Explained], out: Path) -> list[str]:
 
 def _feature_maps_section(models: list[Explained], x: torch.Tensor, y: torch.Tensor, out: Path) -> list[str]:
     md = ["## 2. Feature maps", "",
-          "One test image per class (rows); for each conv block (after its ReLU) and each pool, the 4 channels most "
-          "active on these images. The maps shrink and turn from edges into coarser, more abstract parts.", ""]  # fmt: skip
+          ("One test image per class (rows); for each conv block (after its ReLU) and each pool, the 4 channels most "
+           "active on these images. The maps shrink and turn from edges into coarser, more abstract parts."), ""]  # fmt: skip
     for m in models:
         layers = spatial_layers(m.model, x[:1])
         if not layers:
@@ -132,9 +132,9 @@ def _attributions_section(models: list[Explained], x: torch.Tensor, y: torch.Ten
     save_figure(figures.attribution_figure(x, y, maps), out / "attributions.png")
     write_csv_rows(out / "ig_delta.csv", rows)
     md = ["## 3. Attributions: where each model looks", "",
-          f"For the true class of each image: Integrated Gradients (black baseline, {steps} Gauss-Legendre steps), "
-          "Occlusion (4x4 black patch, stride 2) and, for conv models, Layer Grad-CAM on the last conv layer, "
-          "upsampled. Red raises the class's logit, blue lowers it.", "", "![attributions](attributions.png)", "",
+          (f"For the true class of each image: Integrated Gradients (black baseline, {steps} Gauss-Legendre steps), "
+           "Occlusion (4x4 black patch, stride 2) and, for conv models, Layer Grad-CAM on the last conv layer, "
+           "upsampled. Red raises the class's logit, blue lowers it."), "", "![attributions](attributions.png)", "",
           "Integrated Gradients' completeness check (Captum's convergence delta: map sum minus f(x)_t - f(0)_t):", "",
           "| model | max abs delta | max delta / logit gap |", "|---|---|---|"]  # fmt: skip
     for m in models:
@@ -150,10 +150,11 @@ def _equivariance_section(models: list[Explained], images: torch.Tensor, out: Pa
     save_figure(figures.equivariance_figure(by_model), out / "equivariance.png")
     shifts = sorted({r["shift"] for r in rows})
     md = ["## 4. Translation: equivariance layer by layer", "",
-          f"{len(images):,} test images, each shifted 1-4 pixels right and down (zero fill). For a layer with cumulative "
-          "stride S the error is ||f(Tx) - T'f(x)|| / ||T'f(x)||, with T' the shift by s/S in the layer's grid "
-          "(the better of floor and ceil when S does not divide s), over the positions the shift did not fill in. "
-          "For the logits the shifted image is compared with the original: invariance. Mean ± std over images.", "",
+          (f"{len(images):,} test images, each shifted 1-4 pixels right and down (zero fill). For a layer with "
+           "cumulative stride S the error is ||f(Tx) - T'f(x)|| / ||T'f(x)||, with T' the shift by s/S in the layer's "
+           "grid (the better of floor and ceil when S does not divide s), away from the borders: positions the shift "
+           "filled in, and units whose receptive field reaches the image's edge, are left out. For the logits the "
+           "shifted image is compared with the original: invariance. Mean ± std over images."), "",
           "| model | layer | stride | receptive field | " + " | ".join(f"shift {s}" for s in shifts) + " |",
           "|---|---|---|---|" + "---|" * len(shifts)]  # fmt: skip
     for label, found in by_model.items():
@@ -172,9 +173,9 @@ def _equivariance_section(models: list[Explained], images: torch.Tensor, out: Pa
 
 def _errors_section(models: list[Explained], images: torch.Tensor, labels: torch.Tensor, out: Path, per_class: int, steps: int) -> list[str]:
     md = ["## 5. The most confident mistakes, per class", "",
-          f"For each true class, the {per_class} misclassified test images with the highest wrong-class probability "
-          "([errors.csv](errors.csv)); the figures show the worst one per class with the attributions for the class the "
-          "model chose: what convinced it.", ""]  # fmt: skip
+          (f"For each true class, the {per_class} misclassified test images with the highest wrong-class probability "
+           "([errors.csv](errors.csv)); the figures show the worst one per class with the attributions for the class "
+           "the model chose: what convinced it."), ""]  # fmt: skip
     all_rows = []
     for m in models:
         found = confident_errors(m.probs, labels, per_class)
