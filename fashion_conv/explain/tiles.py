@@ -26,8 +26,9 @@ def overlay(image: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     return 0.35 * image.detach().float().cpu().expand(3, -1, -1) + 0.65 * colorize(values, "bwr", signed=True)
 
 
-def mosaic(panels: list[list[torch.Tensor]], pad: int = 2, min_side: int = 28) -> torch.Tensor:
-    """Rows of RGB panels (3, h, w), each upsampled (nearest) to the largest panel (at least ``min_side``), white gaps."""
+def mosaic(panels: list[list[torch.Tensor]], pad: int = 2, min_side: int = 56) -> torch.Tensor:
+    """Rows of RGB panels (3, h, w), each upsampled (nearest) to the largest panel, at least ``min_side`` (legible
+    in TensorBoard, which shows images at their own size), with white gaps: (3, H, W)."""
     side = max(min_side, *(p.shape[-1] for row in panels for p in row))
     cols = max(len(row) for row in panels)
     out = torch.ones(3, len(panels) * (side + pad) + pad, cols * (side + pad) + pad)
