@@ -33,6 +33,7 @@ from fashion_conv.checkpoints import AtomicCheckpointIO, BestCheckpoint, Gracefu
 from fashion_conv.dashboards import DatasetDashboards, log_hparams
 from fashion_conv.datamodule import FashionMNISTDataModule
 from fashion_conv.errors import FashionConvError
+from fashion_conv.explain.callback import ExplainFigures
 from fashion_conv.module import FashionClassifier
 
 SEED = 42
@@ -138,6 +139,12 @@ class FashionCLI(LightningCLI):
             default=None,
             help="Resume from this checkpoint; 'last' resumes the newest run of this backbone (or starts fresh).",
         )
+        parser.add_argument(
+            "--explain_figures",
+            type=bool,
+            default=True,
+            help="At the end of fit, show the model's filters, feature maps and attributions in TensorBoard (IMAGES).",
+        )
 
     def before_instantiate_classes(self) -> None:
         config = self.config
@@ -172,7 +179,11 @@ class FashionCLI(LightningCLI):
         if self.config.trainer.enable_progress_bar is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
             # Lightning's bar redraws every step, which costs as much as an MLP step on CPU.
             kwargs["callbacks"] = [*callbacks, TQDMProgressBar(refresh_rate=PROGRESS_REFRESH_STEPS)]
-        return super().instantiate_trainer(**kwargs)
+        trainer = super().instantiate_trainer(**kwargs)
+        for callback in trainer.callbacks:
+            if isinstance(callback, ExplainFigures):
+                callback.enabled = self.config.explain_figures
+        return trainer
 
 
 def _backbone_name(model_config) -> str:
@@ -204,6 +215,7 @@ def build_cli(argv: list[str] | dict | None, callbacks: Sequence[Callback] = ())
                 # skips epochs that did not improve the monitored metric.)
                 ModelCheckpoint(filename="last", enable_version_counter=False),
                 DatasetDashboards(),
+                ExplainFigures(),
                 GracefulStop(),
                 *callbacks,
             ],
