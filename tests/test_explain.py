@@ -66,10 +66,10 @@ def image_panels(fig) -> int:
 def test_receptive_fields_and_strides_of_the_notebooks_cnns():
     x = torch.zeros(1, 1, 28, 28)
     cnn = spatial_layers(build_backbone("cnn"), x)
-    assert [(l.kind, l.stride, l.receptive_field, l.size) for l in cnn] == [
+    assert [(s.kind, s.stride, s.receptive_field, s.size) for s in cnn] == [
         ("conv", 1, 3, 28), ("relu", 1, 3, 28), ("pool", 2, 4, 14), ("conv", 2, 8, 14), ("relu", 2, 8, 14), ("pool", 4, 10, 7),
     ]  # fmt: skip
-    assert [l.receptive_field for l in spatial_layers(build_backbone("cnn5"), x)] == [5, 5, 6]
+    assert [s.receptive_field for s in spatial_layers(build_backbone("cnn5"), x)] == [5, 5, 6]
     assert spatial_layers(build_backbone("mlp"), x) == []
 
 
