@@ -1,17 +1,18 @@
-"""``python -m fashion_conv.bench``: the notebook's plain PyTorch loop and ``fashion_conv.fit``, timed side by side.
+"""``python -m fashion_conv.bench``: the notebook's loop, a plain PyTorch loop and ``fashion_conv.fit``, timed side by side.
 
-Each measurement runs in its own child process (so peak memory is its own), the variants alternate, and
-every figure is the median over ``--repeats``, so drift of a shared machine does not bias the ratios.
-Prints seconds per epoch, samples per second, peak memory, test accuracy and the ratio to the reference
-loop, for each backbone; then the data start-up (cold CSV parse, warm cache load) and the cost against
-training-set size.
+Each measurement runs in its own child process (so peak memory is its own), the variants alternate, and every figure
+is the median over ``--repeats``, so drift of a shared machine does not bias the ratios. Prints the README's Markdown
+table: seconds per epoch, samples per second, peak memory, test accuracy, the ratios to the notebook loop and to the
+plain loop, and Lightning's cost per step over the plain loop; then data start-up and cost against training-set size.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import platform
 import resource
 import statistics
 import subprocess
@@ -21,10 +22,12 @@ import time
 from pathlib import Path
 
 import torch
+from lightning import Callback
 
 VARIANTS = {
-    # name: fit command-line arguments (None: the notebook's loop)
-    "reference": None,
+    # name: fit command-line arguments (None: a hand-written loop, not fit)
+    "reference": None,  # the notebook's own code, verbatim
+    "plain": None,  # the fastest hand-written loop doing fit's work: the limit for fit's per-step cost
     "fit": [],
     "fit-fast": [
         "--trainer.precision", "bf16-mixed", "--data.batch_size", "256", "--model.lr", "4e-3", "--model.lr_schedule", "onecycle"
@@ -36,15 +39,16 @@ VARIANTS = {
 
 
 def reference_worker(spec: dict) -> dict:
-    """The notebook's training loop: per-sample Dataset, DataLoader(batch 64, shuffle), Adam 1e-3, fp32."""
-    from torch import nn
+    """The notebook's code path, verbatim: pandas read_csv, ``.values / 255.0`` (float64, column-major), a per-sample
+    Dataset, DataLoader(batch_size=64, shuffle=True), Adam 1e-3, fp32, ``total_loss += loss.item()`` per step."""
+    import pandas as pd
+    from torch import nn, optim
     from torch.utils.data import DataLoader, Dataset
 
     from fashion_conv.backbones import build_backbone
-    from fashion_conv.csvio import read_csv
     from fashion_conv.prepare import csv_paths
 
-    class FashionMNISTDataset(Dataset):  # as in the notebook
+    class FashionMNISTDataset(Dataset):
         def __init__(self, X, y):
             self.X = torch.tensor(X, dtype=torch.float32)
             self.y = torch.tensor(y, dtype=torch.long)
@@ -53,76 +57,123 @@ def reference_worker(spec: dict) -> dict:
             return len(self.y)
 
         def __getitem__(self, idx):
-            return self.X[idx].reshape(1, 28, 28), self.y[idx]
+            image = self.X[idx].reshape(1, 28, 28)  # 1 channel
+            label = self.y[idx]
+            return image, label
 
     torch.manual_seed(spec["seed"])
     paths = csv_paths(spec["data_dir"])
-    labels, images = read_csv(paths["train"])
-    n = spec["train_size"]
-    train = FashionMNISTDataset(images[:n].reshape(n, -1) / 255.0, labels[:n])
-    loader = DataLoader(train, batch_size=64, shuffle=True)
+    train_df = pd.read_csv(paths["train"]).iloc[: spec["train_size"]]  # the notebook trains on all rows
+    test_df = pd.read_csv(paths["test"])
+    X_train = train_df.iloc[:, 1:].values / 255.0
+    y_train = train_df.iloc[:, 0].values
+    X_test = test_df.iloc[:, 1:].values / 255.0
+    y_test = test_df.iloc[:, 0].values
+    train_loader = DataLoader(FashionMNISTDataset(X_train, y_train), batch_size=64, shuffle=True)
     model = build_backbone(spec["backbone"])
     criterion = nn.CrossEntropyLoss()
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.001)
+    optimizer = optim.Adam(model.parameters(), lr=0.001)
     epoch_seconds = []
     for _ in range(spec["epochs"]):
         start = time.perf_counter()
-        for x, y in loader:
+        total_loss = 0
+        for x, y in train_loader:
             optimizer.zero_grad()
-            loss = criterion(model(x), y)
+            preds = model(x)
+            loss = criterion(preds, y)
             loss.backward()
             optimizer.step()
-            loss.item()  # the notebook accumulates total_loss += loss.item()
+            total_loss += loss.item()
         epoch_seconds.append(time.perf_counter() - start)
-    test_labels, test_images = read_csv(paths["test"])
+    test = FashionMNISTDataset(X_test, y_test)
+    return {"epoch_seconds": epoch_seconds, "samples": len(train_df), "test_acc": test_accuracy(model, test.X.reshape(-1, 1, 28, 28), test.y)}
+
+
+def plain_worker(spec: dict) -> dict:
+    """The fastest hand-written loop for fit's work: fit's training split held as uint8 tensors, one indexing op per
+    batch of 64, channels-last convs, fused Adam 1e-3, fp32, no per-step host sync; no Lightning."""
+    import torch.nn.functional as F
+
+    from fashion_conv.backbones import build_backbone
+    from fashion_conv.datamodule import FashionMNISTDataModule
+
+    torch.manual_seed(spec["seed"])
+    data = FashionMNISTDataModule(spec["data_dir"], val_size=spec["val_size"], train_size=spec["train_size"], download=False)
+    data.setup("fit")
+    data.setup("test")
+    images, labels = data.train_set.images, data.train_set.labels  # (N, 1, 28, 28) uint8, (N,) int64
+    model = build_backbone(spec["backbone"]).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+    epoch_seconds = []
+    for _ in range(spec["epochs"]):
+        start = time.perf_counter()
+        for idx in torch.randperm(len(labels)).split(64):
+            x = images[idx].float().div_(255).contiguous(memory_format=torch.channels_last)
+            loss = F.cross_entropy(model(x), labels[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        epoch_seconds.append(time.perf_counter() - start)
+    test = data.test_set
+    return {"epoch_seconds": epoch_seconds, "samples": len(labels), "test_acc": test_accuracy(model, test.images.float() / 255, test.labels)}
+
+
+def test_accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Accuracy on the test set (not timed), in batches of 1,000: x (N, 1, 28, 28) float in [0, 1], y (N,)."""
+    model.eval()
     with torch.no_grad():
-        x = torch.tensor(test_images.reshape(-1, 1, 28, 28) / 255.0, dtype=torch.float32)
-        acc = (model(x).argmax(1) == torch.from_numpy(test_labels).long()).float().mean().item()
-    return {"epoch_seconds": epoch_seconds, "samples": n, "test_acc": acc}
+        correct = sum((model(xb).argmax(1) == yb).sum().item() for xb, yb in zip(x.split(1000), y.split(1000)))
+    return correct / len(y)
 
 
-class EpochTimer:
-    """Times each training epoch (its batches only, not validation); a Lightning Callback built lazily."""
+class EpochTimer(Callback):
+    """Times each training epoch (its batches only, not validation); the last one made is ``EpochTimer.last``."""
 
-    def __new__(cls):
-        from lightning import Callback
+    last: EpochTimer | None = None
 
-        class _Timer(Callback):
-            def __init__(self):
-                self.seconds, self.samples, self._start = [], 0, 0.0
+    def __init__(self) -> None:
+        self.seconds, self.samples, self._start = [], 0, 0.0
+        EpochTimer.last = self
 
-            def on_train_epoch_start(self, trainer, pl_module):
-                self._start = time.perf_counter()
+    def on_train_epoch_start(self, trainer, pl_module):
+        self._start = time.perf_counter()
 
-            def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-                if batch_idx == trainer.num_training_batches - 1:
-                    if trainer.strategy.root_device.type == "cuda":
-                        torch.cuda.synchronize()
-                    self.seconds.append(time.perf_counter() - self._start)
-                if trainer.current_epoch == 0:
-                    self.samples += len(batch[1])
-
-        return _Timer()
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if batch_idx == trainer.num_training_batches - 1:
+            if trainer.strategy.root_device.type == "cuda":
+                torch.cuda.synchronize()
+            self.seconds.append(time.perf_counter() - self._start)
+        if trainer.current_epoch == 0:
+            self.samples += len(batch[1])
 
 
 def fit_worker(spec: dict) -> dict:
-    """``fashion_conv.fit`` as a user runs it (TensorBoard, checkpoints, validation), timed per training epoch."""
-    from fashion_conv import fit
-
-    timer = EpochTimer()
+    """``python -m fashion_conv.fit`` as a user runs it (progress bar, TensorBoard, checkpoints, validation, test),
+    with an epoch timer added; test accuracy from the run's metrics.json."""
     with tempfile.TemporaryDirectory() as root:
         argv = [
             "--data.data_dir", spec["data_dir"], "--model.backbone", spec["backbone"],
             "--trainer.max_epochs", str(spec["epochs"]), "--trainer.default_root_dir", root,
-            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
             "--seed_everything", str(spec["seed"]), "--data.train_size", str(spec["train_size"]),
-            "--data.val_size", str(spec["val_size"]), *spec["args"],
+            "--data.val_size", str(spec["val_size"]), "--trainer.callbacks+=fashion_conv.bench.EpochTimer", *spec["args"],
         ]  # fmt: skip
-        cli = fit.build_cli(argv)
-        cli.trainer.callbacks.append(timer)
-        summary = fit.train_and_test(cli.trainer, cli.model, cli.datamodule, None, spec["seed"])
+        metrics = run_fit(argv, Path(root))
+    from fashion_conv import bench  # the module fit imported the callback from (this file may run as __main__)
+
+    timer = bench.EpochTimer.last
     peak_gpu = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
-    return {"epoch_seconds": timer.seconds, "samples": timer.samples, "test_acc": summary["test_acc"], "peak_gpu_mb": peak_gpu}
+    return {"epoch_seconds": timer.seconds, "samples": timer.samples, "test_acc": metrics["test_acc"], "peak_gpu_mb": peak_gpu}
+
+
+def run_fit(argv: list[str], root: Path) -> dict:
+    """One run through fit's own entry point; its metrics.json. (The one place that calls fit.)"""
+    from fashion_conv import fit
+
+    with contextlib.redirect_stdout(sys.stderr):  # the run summary; stdout carries the worker's result
+        if fit.main(argv) != 0:
+            raise RuntimeError(f"fit failed: {' '.join(argv)}")
+    (found,) = root.glob("lightning_logs/*/version_*/metrics.json")
+    return json.loads(found.read_text())
 
 
 def data_worker(spec: dict) -> dict:
@@ -139,7 +190,7 @@ def data_worker(spec: dict) -> dict:
     return {"cold_parse_s": cold, "warm_load_s": time.perf_counter() - start}
 
 
-WORKERS = {"reference": reference_worker, "fit": fit_worker, "data": data_worker}
+WORKERS = {"reference": reference_worker, "plain": plain_worker, "fit": fit_worker, "data": data_worker}
 
 
 def run_child(kind: str, spec: dict) -> dict:
@@ -156,17 +207,18 @@ def run_child(kind: str, spec: dict) -> dict:
 
 
 def measure(args) -> dict:
-    results: dict = {"machine": machine(), "backbones": {}, "data": None, "scale": []}
-    base = {"data_dir": str(args.data_dir), "epochs": args.epochs, "seed": 42, "train_size": args.train_size, "val_size": args.val_size}
+    results: dict = {"machine": machine(args.threads), "backbones": {}, "data": None, "scale": []}
+    base = {"data_dir": str(args.data_dir), "epochs": args.epochs, "seed": 42, "train_size": args.train_size,
+            "val_size": args.val_size, "threads": args.threads}  # fmt: skip
     for backbone in args.backbones:
         runs: dict[str, list] = {v: [] for v in args.variants}
         for r in range(args.repeats):
             order = args.variants if r % 2 == 0 else args.variants[::-1]  # alternate, so drift hits both sides
             for variant in order:
                 spec = {**base, "backbone": backbone, "args": VARIANTS[variant] or []}
-                kind = "reference" if VARIANTS[variant] is None else "fit"
-                runs[variant].append(run_child(kind, spec))
-                print(f"  {backbone:5s} {variant:10s} repeat {r + 1}: {runs[variant][-1]['epoch_seconds']}", file=sys.stderr)
+                runs[variant].append(run_child(variant if VARIANTS[variant] is None else "fit", spec))
+                seconds = ", ".join(f"{s:.2f}" for s in runs[variant][-1]["epoch_seconds"])
+                print(f"  {backbone} {variant} repeat {r + 1}: {seconds} s/epoch", file=sys.stderr)
         results["backbones"][backbone] = {v: summarize(rs) for v, rs in runs.items()}
     data_runs = [run_child("data", base) for _ in range(args.repeats)]
     results["data"] = {k: statistics.median(r[k] for r in data_runs) for k in ("cold_parse_s", "warm_load_s")}
@@ -182,60 +234,133 @@ def summarize(runs: list[dict]) -> dict:
     seconds = statistics.median(per_epoch)
     return {
         "epoch_s": seconds,
+        "samples": runs[0]["samples"],
         "samples_per_s": runs[0]["samples"] / seconds,
-        "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in runs) if runs[0]["peak_rss_mb"] else None,
+        "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in runs),
         "peak_gpu_mb": runs[0].get("peak_gpu_mb"),
         "test_acc": statistics.median(r["test_acc"] for r in runs),
         "all_epoch_s": per_epoch,
     }
 
 
-def machine() -> str:
+def machine(threads: int | None) -> str:
+    torch_threads = threads or torch.get_num_threads()
     if torch.cuda.is_available():
         return f"{torch.cuda.get_device_name()} (CUDA), torch {torch.__version__}"
-    return f"CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+    return f"CPU {cpu_name()}, {os.cpu_count()} cores, {torch_threads} torch threads, torch {torch.__version__}"
 
 
-def print_table(results: dict) -> None:
-    print(f"\nmachine: {results['machine']}")
-    print(f"{'backbone':8s} {'variant':10s} {'s/epoch':>8s} {'samples/s':>10s} {'peak MB':>8s} {'test acc':>8s} {'vs reference':>12s}")
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def markdown_table(results: dict, epochs: int) -> str:
+    """The README's speed table: one row per backbone and variant, ratios to the notebook loop and to the plain loop."""
+    lines = [
+        f"machine: {results['machine']}",
+        "",
+        f"| backbone | variant | s/epoch | samples/s | peak {'GPU' if torch.cuda.is_available() else 'RSS'} (MB) "
+        f"| test acc after {epochs} epoch{'s' * (epochs > 1)} | time vs reference | time vs plain | µs/step over plain |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]  # fmt: skip
     for backbone, variants in results["backbones"].items():
-        ref = variants.get("reference")
+        ref, plain = variants.get("reference"), variants.get("plain")
         for name, r in variants.items():
-            ratio = f"{r['epoch_s'] / ref['epoch_s']:.2f}x time" if ref else ""
+            vs_ref = f"{r['epoch_s'] / ref['epoch_s']:.2f}x" if ref else ""
+            vs_plain = f"{r['epoch_s'] / plain['epoch_s']:.2f}x" if plain else ""
+            steps = -(-r["samples"] // 64)  # batches of 64 per epoch: fit's and plain's
+            over = f"{(r['epoch_s'] - plain['epoch_s']) / steps * 1e6:+.0f}" if plain and name == "fit" else ""
             peak = r["peak_gpu_mb"] or r["peak_rss_mb"]
-            print(f"{backbone:8s} {name:10s} {r['epoch_s']:8.2f} {r['samples_per_s']:10,.0f} {peak or 0:8.0f} {r['test_acc']:8.4f} {ratio:>12s}")
+            lines.append(
+                f"| {backbone} | {name} | {r['epoch_s']:.2f} | {r['samples_per_s']:,.0f} | {peak:.0f} | {r['test_acc']:.2%} "
+                f"| {vs_ref} | {vs_plain} | {over} |".replace("%", " %")
+            )
     d = results["data"]
-    print(f"data start-up: cold parse of the train CSV {d['cold_parse_s']:.2f} s, warm start from the cache {d['warm_load_s']:.3f} s")
-    for s in results["scale"]:
-        print(f"scale: {s['backbone']} fit, {s['train_size']:,} training images: {s['epoch_s']:.2f} s/epoch "
-              f"({s['epoch_s'] / s['train_size'] * 1e6:.1f} us/image)")  # fmt: skip
+    lines += ["", f"Data start-up: cold parse of the train CSV {d['cold_parse_s']:.2f} s, warm start from the cache {d['warm_load_s']:.3f} s."]
+    if results["scale"]:
+        lines += ["", "| backbone | training images | fit s/epoch | µs/image |", "|---|---|---|---|"]
+        for s in results["scale"]:
+            lines.append(f"| {s['backbone']} | {s['train_size']:,} | {s['epoch_s']:.2f} | {s['epoch_s'] / s['train_size'] * 1e6:.1f} |")
+    return "\n".join(lines)
+
+
+class OneLineErrors(argparse.ArgumentParser):
+    """A bad command line is one ``error:`` line, not a usage block."""
+
+    def error(self, message: str):
+        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def csv_list(text: str) -> list[str]:
+    return [x for x in text.split(",") if x]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = OneLineErrors(
+        prog="python -m fashion_conv.bench",
+        description="Time the notebook's training loop, a plain PyTorch loop and fashion_conv.fit side by side, "
+        "each measurement in a fresh process, variants alternated, medians over repeats; prints a Markdown table.",
+    )
+    parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--backbones", type=csv_list, default=["mlp", "cnn", "cnn5"], metavar="NAMES",
+                        help="comma-separated backbones to time (registered names or class paths; default: mlp,cnn,cnn5)")
+    parser.add_argument("--variants", type=csv_list, default=list(VARIANTS), metavar="NAMES",
+                        help=f"comma-separated variants (default: all): {', '.join(VARIANTS)}")
+    parser.add_argument("--epochs", type=int, default=1, help="epochs per measurement; test accuracy is taken after them (default: 1)")
+    parser.add_argument("--repeats", type=int, default=3, help="measurements per variant; figures are their medians (default: 3)")
+    parser.add_argument("--train-size", type=int, default=55000, help="training images (default: 55,000, fit's default split)")
+    parser.add_argument("--val-size", type=int, default=5000, help="validation images held out by fit (default: 5,000)")
+    parser.add_argument("--scale", type=lambda s: [int(x) for x in csv_list(s)], default=[10000, 30000, 55000], metavar="SIZES",
+                        help="comma-separated training-set sizes for the cost-against-size rows (fit, first backbone); '' skips them (default: 10000,30000,55000)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads in every measurement (default: torch's own choice; 1 gives steadier figures on a busy machine)")
+    parser.add_argument("--data-dir", type=Path, default=Path("data"), help="folder holding processed/ (default: data)")
+    parser.add_argument("--json", type=Path, help="also write the results, every repeat included, to this JSON file")
+    args = parser.parse_args(argv)
+    unknown = set(args.variants) - set(VARIANTS)
+    if unknown:
+        parser.error(f"--variants: unknown variant(s) {', '.join(sorted(unknown))}; choose from {', '.join(VARIANTS)}")
+    from fashion_conv.backbones import list_backbones
+    from fashion_conv.prepare import csv_paths
+
+    if args.worker:
+        return args
+    missing = [str(p) for p in csv_paths(args.data_dir).values() if not p.is_file()]
+    if missing:
+        parser.error(f"--data-dir: {', '.join(missing)} not found; run python -m fashion_conv.prepare first")
+    bad = [b for b in args.backbones if b not in list_backbones() and "." not in b]
+    if bad:
+        parser.error(f"--backbones: unknown backbone(s) {', '.join(bad)}; choose from {', '.join(list_backbones())} or give a class path")
+    for name in ("epochs", "repeats", "train_size", "val_size"):
+        if getattr(args, name) < (0 if name == "val_size" else 1):
+            parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fashion_conv.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
-    parser.add_argument("--backbones", type=lambda s: s.split(","), default=["mlp", "cnn", "cnn5"])
-    parser.add_argument("--variants", type=lambda s: s.split(","), default=list(VARIANTS))
-    parser.add_argument("--epochs", type=int, default=1, help="epochs per measurement (test accuracy after them)")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--train-size", type=int, default=55000, help="training images (the default split: 55,000)")
-    parser.add_argument("--val-size", type=int, default=5000, help="validation images held out by fit (default 5,000)")
-    parser.add_argument("--scale", type=lambda s: [int(x) for x in s.split(",") if x], default=[10000, 30000, 55000])
-    parser.add_argument("--data-dir", type=Path, default=Path("data"))
-    parser.add_argument("--json", type=Path, help="also write the results here")
-    args = parser.parse_args(argv)
+    args = parse_args(argv)
     if args.worker:
         kind, spec = args.worker
-        result = WORKERS[kind](json.loads(spec))
+        spec = json.loads(spec)
+        if spec.get("threads"):
+            torch.set_num_threads(spec["threads"])
+        result = WORKERS[kind](spec)
         result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # this process's peak
         print(json.dumps(result))
         return 0
-    unknown = set(args.variants) - set(VARIANTS)
-    if unknown:
-        parser.error(f"unknown variant(s) {', '.join(sorted(unknown))}; choose from {', '.join(VARIANTS)}")
-    results = measure(args)
-    print_table(results)
+    try:
+        results = measure(args)
+    except RuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(markdown_table(results, args.epochs))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     return 0

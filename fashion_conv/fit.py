@@ -7,6 +7,7 @@ as in any Lightning project. Defaults reproduce the notebook: ``cnn``, 5 epochs,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -23,6 +24,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.profilers import PassThroughProfiler
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
@@ -179,11 +181,23 @@ class FashionCLI(LightningCLI):
         if self.config.trainer.enable_progress_bar is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
             # Lightning's bar redraws every step, which costs as much as an MLP step on CPU.
             kwargs["callbacks"] = [*callbacks, TQDMProgressBar(refresh_rate=PROGRESS_REFRESH_STEPS)]
+        if self.config.trainer.profiler is None:
+            kwargs["profiler"] = NoProfiler()
         trainer = super().instantiate_trainer(**kwargs)
         for callback in trainer.callbacks:
             if isinstance(callback, ExplainFigures):
                 callback.enabled = self.config.explain_figures
         return trainer
+
+
+class NoProfiler(PassThroughProfiler):
+    """Lightning's default no-op profiler, without a generator context manager around each of its ~60 hook calls
+    a step (about 40 us a step on CPU, 3 % of an MLP step); ``--trainer.profiler simple`` etc. still work."""
+
+    _null = contextlib.nullcontext()
+
+    def profile(self, action_name: str) -> contextlib.nullcontext:
+        return self._null
 
 
 def _backbone_name(model_config) -> str:

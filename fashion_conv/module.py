@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from lightning import LightningModule
 from torch import nn
+from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from fashion_conv.backbones import _REGISTRY, build_backbone, count_parameters
@@ -93,7 +94,9 @@ class FashionClassifier(LightningModule):
             {s: MulticlassAccuracy(num_classes, average="micro", validate_args=False) for s in ("train_", "val_", "test_")}
         )
         self.confusion = MulticlassConfusionMatrix(num_classes, validate_args=False)
-        self.on_train_epoch_start()  # a run resumed mid-epoch skips that hook
+        # The epoch's mean training loss. nan_strategy="disable": the NaN check would sync with the device every
+        # step (and it also drops the weight argument, so each batch passes its loss once per sample).
+        self.train_loss = MeanMetric(nan_strategy="disable")
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path, *args, **kwargs):  # type: ignore[override]
@@ -121,22 +124,20 @@ class FashionClassifier(LightningModule):
         # Accuracy and the epoch's mean loss accumulate on the device (no host sync); self.log costs about
         # as much as an MLP step on CPU, so the step loss is logged only on the steps the logger writes.
         self.accuracy["train_"].update(logits, y)
-        self._epoch_loss = self._epoch_loss + loss.detach() * len(y)
-        self._epoch_samples += len(y)
+        self.train_loss.update(loss.detach().expand(len(y)))  # (B,): weighs the batch by its size
         if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
             self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(y))
             self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)  # a float: no sync
         return loss
 
-    def on_train_epoch_start(self) -> None:
-        self._epoch_loss, self._epoch_samples = torch.zeros((), device=self.device), 0
-
     def on_train_epoch_end(self) -> None:
         acc = self.accuracy["train_"]
-        # compute() already gathers every process's counts; sync_dist averages the equal values (one all-reduce an epoch)
+        # compute() already gathers every process's counts and sums; sync_dist averages the equal values (one
+        # all-reduce an epoch) and keeps Lightning from warning under DDP.
         self.log("train/acc", acc.compute(), prog_bar=True, sync_dist=True)
-        self.log("train/loss_epoch", self._epoch_loss / max(self._epoch_samples, 1), sync_dist=True)
+        self.log("train/loss_epoch", self.train_loss.compute(), sync_dist=True)
         acc.reset()
+        self.train_loss.reset()
 
     def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
         x, y = batch
@@ -174,10 +175,13 @@ class FashionClassifier(LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
+        # The fused kernel updates every parameter in one call: the same maths as the default per-tensor loop (to
+        # float rounding, tested), and 0.4-0.8 ms less per MLP step on CPU, where that loop is half the step.
+        fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in self.parameters())
         if hp.weight_decay > 0:
-            optimizer = torch.optim.AdamW(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+            optimizer = torch.optim.AdamW(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay, fused=fused)
         else:
-            optimizer = torch.optim.Adam(self.parameters(), lr=hp.lr)
+            optimizer = torch.optim.Adam(self.parameters(), lr=hp.lr, fused=fused)
         if hp.lr_schedule == "none":
             return optimizer
         steps = int(self.trainer.estimated_stepping_batches)
