@@ -24,7 +24,7 @@ def test_leafspec_deprecation_dropped_other_future_warnings_kept():
 
 def test_lightning_tips_dropped_other_info_kept(caplog):
     quiet.install()
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.INFO, logger="lightning.pytorch"):  # a study run in this process may have raised it
         rank_zero_info("💡 Tip: For seamless cloud logging and experiment tracking, try installing [litlogger](...)")
         rank_zero_info("💡 Tip: For seamless cloud uploads and versioning, try installing [litmodels](...)")
         rank_zero_info("`Trainer.fit` stopped: `max_epochs=1` reached.")

@@ -219,11 +219,13 @@ def _quiet() -> None:
     import logging
     import warnings
 
+    from fashion_conv import quiet
+
     for name in ("lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
-    warnings.filterwarnings("ignore", ".*LeafSpec.*")  # Lightning's own deprecation, once per run otherwise
+    quiet.install()  # the noise fit drops too (Lightning's tips, its LeafSpec deprecation)
     warnings.filterwarnings("ignore", ".*args parameter is intended.*")  # a study's runs get a config, not its argv
 
 
