@@ -1,8 +1,8 @@
 """Every shell command in the README runs as written, in README order, in a scratch folder with tiny data.
 
 The commands are read from the README's ```bash blocks and its ``$ `` lines. The only change: every
-``fashion_conv.fit`` run gets ``--data.val_size 100 --trainer.max_epochs 1`` appended (by the ``python``
-that PATH finds here), so training is short; each option the README gives is still parsed and used. Where the
+``fashion_conv.fit`` run gets ``--data.val_size 100 --trainer.max_epochs 1`` appended, and every experiments
+run ``STUDY_SPEED`` (by the ``python`` that PATH finds here), so training is short; each option the README gives is still parsed and used. Where the
 README shows output, each shown line must appear in order, with its numbers and class names free to differ
 (tiny data), the rest exact. The default fit must print no warning. SKIPPED lists what is not run, and why.
 """
@@ -22,7 +22,11 @@ from conftest import REPO, tiny_arrays
 from fashion_conv.csvio import CLASS_NAMES, write_csv
 
 FIT_SPEED = "--data.val_size 100 --trainer.max_epochs 1"
+# The experiments on 300 tiny images: every experiment of the pipeline, one seed, one epoch.
+STUDY_SPEED = "--train-size 200 --val-size 100 --test-size 100 --epochs 1 --seeds 1 --train-sizes 50 --kernel-sizes 3 --max-shift 2"
 SKIPPED = {
+    "ray start --head --num-cpus 16": "starts a Ray cluster (test_studies.py runs the study on a local Ray instance)",
+    "python -m fashion_conv.experiments --preset full --ray-address auto": "needs that Ray cluster, and hours",
     "bash scripts/setup.sh test && .venv/bin/python -m pytest": "runs this test suite; CI runs exactly this",
     "python -m fashion_conv.fit --trainer.accelerator gpu --trainer.devices 1": "needs a GPU",
 }
@@ -78,7 +82,9 @@ def scratch(tmp_path: Path) -> dict:
     python = bin_dir / "python"
     python.write_text(
         f'#!/bin/bash\nif [ "$1 $2" = "-m fashion_conv.fit" ] || [ "$1 $2 $3" = "-m fashion_conv.cli fit" ]; then\n'
-        f'  exec {sys.executable} "$@" {FIT_SPEED}\nfi\nexec {sys.executable} "$@"\n'
+        f'  exec {sys.executable} "$@" {FIT_SPEED}\nfi\n'
+        f'if [ "$1 $2" = "-m fashion_conv.experiments" ]; then\n  exec {sys.executable} "$@" {STUDY_SPEED}\nfi\n'
+        f'exec {sys.executable} "$@"\n'
     )
     (bin_dir / "fashion-conv").write_text(f'#!/bin/bash\nexec {python} -m fashion_conv.cli "$@"\n')
     for script in bin_dir.iterdir():
