@@ -49,11 +49,23 @@ def tiny_idx(tmp_path: Path):
     return src, specs
 
 
+def write_tiny_data(data_dir: Path, n_train: int = 120, n_test: int = 40) -> Path:
+    """Write ``<data_dir>/processed/fashion-mnist-{train,test}.csv`` from ``tiny_arrays`` (seeds 1 and 2); returns data_dir.
+
+    The one writer of the tiny dataset: every test that needs a data_dir gets it from here.
+    """
+    for split, n, seed in (("train", n_train, 1), ("test", n_test, 2)):
+        write_csv(data_dir / "processed" / f"fashion-mnist-{split}.csv", *tiny_arrays(n, seed))
+    return data_dir
+
+
+@pytest.fixture(scope="session")
+def make_tiny_data():
+    """The factory ``write_tiny_data(data_dir, n_train=120, n_test=40)``, for fixtures of any scope."""
+    return write_tiny_data
+
+
 @pytest.fixture
 def tiny_data_dir(tmp_path: Path) -> Path:
     """A data_dir with processed CSVs: 120 training rows, 40 test rows."""
-    data = tmp_path / "data"
-    for split, n, seed in (("train", 120, 1), ("test", 40, 2)):
-        labels, images = tiny_arrays(n, seed)
-        write_csv(data / "processed" / f"fashion-mnist-{split}.csv", labels, images)
-    return data
+    return write_tiny_data(tmp_path / "data")

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import fashion_conv.datamodule as datamodule_module
+from fashion_conv.csvio import read_csv
 from fashion_conv.prepare import prepare_data
 
 from fashion_conv import CLASS_NAMES, FashionMNISTDataModule
@@ -34,6 +35,12 @@ def test_split_sizes_cover_the_train_csv_once(tiny_data_dir):
     assert len(dm.train_set) == 100 and len(dm.val_set) == 20
     seen = sum(len(y) for _, y in dm.train_dataloader())
     assert seen == 100
+    # and cover it: every CSV row (label and pixels) is in exactly one split, served once per epoch
+    labels, images = read_csv(tiny_data_dir / "processed" / "fashion-mnist-train.csv")
+    rows = sorted(bytes([label]) + image.tobytes() for label, image in zip(labels, images))
+    val = [bytes([int(y)]) + x.numpy().tobytes() for x, y in zip(dm.val_set.images, dm.val_set.labels)]
+    served = [bytes([int(y)]) + (x * 255).round().to(torch.uint8).numpy().tobytes() for xb, yb in dm.train_dataloader() for x, y in zip(xb, yb)]
+    assert len(set(rows)) == 120 and sorted(served + val) == rows
     dm.setup("test")
     assert len(dm.test_set) == 40 and sum(len(y) for _, y in dm.test_dataloader()) == 40
 

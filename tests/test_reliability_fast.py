@@ -1,0 +1,96 @@
+"""Fast, in-process twins of test_reliability.py's slow tests: the mid-epoch resume offset, the SIGTERM handler and
+atomic writes, on tiny data in seconds, so ``pytest -m "not slow"`` warns about them too."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from fashion_conv.atomic import atomic_path, atomic_write_text
+from fashion_conv.checkpoints import AtomicCheckpointIO
+from fashion_conv.datamodule import EpochShuffle
+from fashion_conv.fit import main
+
+STEPS_PER_EPOCH = 13  # 100 training images in batches of 8
+
+
+def fit_args(data_dir, root, *extra):
+    return [
+        "--data.data_dir", str(data_dir), "--data.val_size", "20", "--data.batch_size", "8",
+        "--trainer.default_root_dir", str(root), "--trainer.enable_progress_bar", "false",
+        "--trainer.enable_model_summary", "false", "--trainer.max_epochs", "2", "--model.backbone", "mlp",
+        "--model.backbone_kwargs", '{"hidden": 8}', *extra,
+    ]  # fmt: skip
+
+
+def last_checkpoint(root) -> dict:
+    return torch.load(Path(root) / "lightning_logs/mlp/version_0/checkpoints/last.ckpt", weights_only=True)
+
+
+def test_epoch_shuffle_resumes_at_the_offset_of_that_epoch_once():
+    sampler = EpochShuffle(50, seed=3)
+    sampler.set_epoch(1)
+    full = list(sampler)
+    assert sorted(full) == list(range(50)) and full != list(range(50))
+    sampler.resume_at(1, 16)
+    assert list(sampler) == full[16:]  # the rest of the interrupted epoch, exactly
+    assert list(sampler) == full  # and only that once
+    sampler.resume_at(1, 16)
+    sampler.set_epoch(2)
+    assert sorted(list(sampler)) == list(range(50)) and len(list(sampler)) == 50  # another epoch is not cut
+
+
+def test_sigterm_mid_epoch_saves_then_resume_matches_an_uninterrupted_run(tiny_data_dir, tmp_path):
+    assert main(fit_args(tiny_data_dir, tmp_path / "ref")) == 0
+    reference = last_checkpoint(tmp_path / "ref")
+    before = signal.signal(signal.SIGTERM, signal.SIG_IGN)  # were the handler missing, the signal is ignored, not fatal
+    try:
+        signal_at = ["--trainer.callbacks+=nets.SignalAt", "--trainer.callbacks.epoch=1", "--trainer.callbacks.batch=4"]
+        assert main(fit_args(tiny_data_dir, tmp_path / "run", *signal_at)) == 128 + signal.SIGTERM
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN  # the previous handler is back
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    stopped = last_checkpoint(tmp_path / "run")
+    # SignalAt's hook runs before GracefulStop's: the checkpoint is written before batch 4 of epoch 1 ran.
+    assert (stopped["epoch"], stopped["global_step"]) == (1, STEPS_PER_EPOCH + 4)
+    assert stopped["callbacks"]["GracefulStop"] == {"mid_epoch": [1, 4]}
+    assert main(fit_args(tiny_data_dir, tmp_path / "run", "--ckpt_path", "last")) == 0
+    resumed = last_checkpoint(tmp_path / "run")
+    assert resumed["global_step"] == reference["global_step"] == 2 * STEPS_PER_EPOCH
+    for key, value in reference["state_dict"].items():
+        assert torch.equal(resumed["state_dict"][key], value), key  # the skipped batches are exactly those already done
+
+
+def test_atomic_path_keeps_the_old_file_when_the_writer_dies(tmp_path):
+    target = tmp_path / "metrics.json"
+    atomic_write_text(target, "old\n")
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_path(target) as tmp:
+            assert tmp.parent == target.parent and tmp != target  # same folder: the final rename is atomic
+            tmp.write_text("half a fi")
+            raise KeyboardInterrupt  # the process is stopped mid-write
+    assert target.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+    atomic_write_text(target, "new\n")
+    assert target.read_text() == "new\n" and [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_atomic_checkpoint_io_keeps_the_old_checkpoint_when_a_save_dies(tmp_path, monkeypatch):
+    import lightning.fabric.plugins.io.torch_io as torch_io
+
+    path = tmp_path / "last.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"step": 1}, path)
+
+    def dying_write(checkpoint, filepath):
+        Path(filepath).write_bytes(b"half a checkpoint")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch_io, "_atomic_save", dying_write)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"step": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True) == {"step": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
