@@ -161,7 +161,7 @@ def test_validation_metrics_equal_plain_evaluation_of_each_epochs_weights(record
 
 def test_metrics_json_is_the_best_checkpoint_tested_plainly(recorded_run):
     """test_acc and test_loss: the checkpoint with the highest val/acc (the first, on a tie) on the test CSV."""
-    metrics, scalars, run = recorded_run["metrics"], recorded_run["scalars"], recorded_run["run"]
+    metrics, scalars = recorded_run["metrics"], recorded_run["scalars"]
     val_accs = scalars["val/acc"]
     best_epoch = val_accs.index(max(val_accs))
     assert best_epoch < EPOCHS - 1, "this tiny run reaches val/acc 1.0 early, so best and last differ"
