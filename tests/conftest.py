@@ -121,3 +121,17 @@ def weights(tmp_path_factory) -> dict[str, Path]:
         paths[name] = folder / f"{name}.pth"
         torch.save(build_backbone(name).state_dict(), paths[name])
     return paths
+
+
+@pytest.fixture(autouse=True, scope="session")
+def lightning_logs_to_this_sessions_stderr():
+    """Lightning's log handler keeps the stderr of the pytest session that imported it. A second session in the
+    same process (mutmut runs one per mutant) finds that stream closed, and logging prints a traceback."""
+    import logging
+    import sys
+
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        for handler in logging.getLogger(name).handlers:
+            if type(handler) is logging.StreamHandler and getattr(handler.stream, "closed", False):
+                handler.stream = sys.stderr  # not setStream(): it flushes the closed one first
+    return None
