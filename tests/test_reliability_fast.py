@@ -94,3 +94,19 @@ def test_atomic_checkpoint_io_keeps_the_old_checkpoint_when_a_save_dies(tmp_path
     monkeypatch.undo()
     assert torch.load(path, weights_only=True) == {"step": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+def test_sigterm_checkpoint_goes_where_the_last_checkpoint_callback_writes(tmp_path):
+    from lightning import Trainer
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from fashion_conv.checkpoints import GracefulStop
+
+    best = ModelCheckpoint(dirpath=tmp_path / "best", monitor="val/acc", mode="max")
+    last = ModelCheckpoint(dirpath=tmp_path / "last", filename="last")
+    trainer = Trainer(default_root_dir=tmp_path / "root", callbacks=[best, last], logger=False)
+    assert GracefulStop.last_path(trainer) == tmp_path / "last" / "last.ckpt"
+    no_dirpath = Trainer(default_root_dir=tmp_path / "root", callbacks=[ModelCheckpoint(filename="last")], logger=False)
+    assert GracefulStop.last_path(no_dirpath) == tmp_path / "root" / "last.ckpt"  # dirpath is set only once fit starts
+    none = Trainer(default_root_dir=tmp_path / "root", enable_checkpointing=False, logger=False)
+    assert GracefulStop.last_path(none) == tmp_path / "root" / "last.ckpt"
