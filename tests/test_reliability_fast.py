@@ -110,3 +110,45 @@ def test_sigterm_checkpoint_goes_where_the_last_checkpoint_callback_writes(tmp_p
     assert GracefulStop.last_path(no_dirpath) == tmp_path / "root" / "last.ckpt"  # dirpath is set only once fit starts
     none = Trainer(default_root_dir=tmp_path / "root", enable_checkpointing=False, logger=False)
     assert GracefulStop.last_path(none) == tmp_path / "root" / "last.ckpt"
+
+
+def test_sigterm_handler_only_in_a_single_process_main_thread():
+    import threading
+    from types import SimpleNamespace
+
+    from fashion_conv.checkpoints import GracefulStop
+
+    before = signal.getsignal(signal.SIGTERM)
+    GracefulStop().on_train_start(SimpleNamespace(world_size=2), None)  # DDP: Lightning's own handling stays
+    assert signal.getsignal(signal.SIGTERM) is before
+    errors = []
+    thread = threading.Thread(target=lambda: _call_collecting(errors, GracefulStop().on_train_start, SimpleNamespace(world_size=1), None))
+    thread.start()
+    thread.join()
+    assert errors == [] and signal.getsignal(signal.SIGTERM) is before  # signal.signal() is main-thread only
+    stop = GracefulStop()
+    stop.on_train_start(SimpleNamespace(world_size=1), None)
+    try:
+        assert signal.getsignal(signal.SIGTERM) == stop._on_sigterm
+    finally:
+        stop.on_train_end(None, None)
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def _call_collecting(errors: list, fn, *args) -> None:
+    try:
+        fn(*args)
+    except Exception as exc:  # noqa: BLE001 - the test asserts there is none
+        errors.append(exc)
+
+
+def test_mid_epoch_resume_without_our_sampler_is_one_clear_error():
+    from types import SimpleNamespace
+
+    from fashion_conv.checkpoints import GracefulStop
+    from fashion_conv.errors import FashionConvError
+
+    stop = GracefulStop()
+    stop.load_state_dict({"mid_epoch": [1, 4]})
+    with pytest.raises(FashionConvError, match="written mid-epoch; resuming it needs FashionMNISTDataModule's sampler"):
+        stop.on_train_start(SimpleNamespace(world_size=2, train_dataloader=[]), None)
