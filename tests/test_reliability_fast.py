@@ -153,3 +153,19 @@ def test_mid_epoch_resume_without_our_sampler_is_one_clear_error():
     with pytest.raises(FashionConvError) as info:
         stop.on_train_start(SimpleNamespace(world_size=2, train_dataloader=[]), None)
     assert str(info.value) == "this checkpoint was written mid-epoch; resuming it needs FashionMNISTDataModule's sampler"
+
+
+def test_a_mid_epoch_checkpoint_moves_the_sampler_once_by_the_batches_done():
+    from types import SimpleNamespace
+
+    from fashion_conv.checkpoints import GracefulStop
+
+    stop, sampler = GracefulStop(), EpochShuffle(50, seed=0)
+    assert stop.state_dict() == {"mid_epoch": None}  # a checkpoint at an epoch's end resumes at the next epoch
+    stop.load_state_dict({"mid_epoch": [1, 4]})
+    trainer = SimpleNamespace(world_size=2, train_dataloader=SimpleNamespace(sampler=sampler, batch_size=8))
+    stop.on_train_start(trainer, None)
+    assert sampler._resume == (1, 32)  # 4 batches of 8 done
+    sampler._resume = None
+    stop.on_train_start(trainer, None)  # a later fit with the same callback starts its epoch from the beginning
+    assert sampler._resume is None
