@@ -41,6 +41,12 @@ def test_epoch_shuffle_resumes_at_the_offset_of_that_epoch_once():
     sampler.resume_at(1, 16)
     sampler.set_epoch(2)
     assert sorted(list(sampler)) == list(range(50)) and len(list(sampler)) == 50  # another epoch is not cut
+    # The order is a documented function of (seed, epoch), so published results stay reproducible across versions.
+    fresh = EpochShuffle(50, seed=3)
+    for epoch in (0, 1, 2):
+        fresh.set_epoch(epoch)
+        assert list(fresh) == torch.randperm(50, generator=torch.Generator().manual_seed(3 * 1_000_003 + epoch)).tolist()
+    assert list(EpochShuffle(50, seed=3)) == torch.randperm(50, generator=torch.Generator().manual_seed(3 * 1_000_003)).tolist()
 
 
 def test_sigterm_mid_epoch_saves_then_resume_matches_an_uninterrupted_run(tiny_data_dir, tmp_path):
@@ -88,6 +94,8 @@ def test_atomic_checkpoint_io_keeps_the_old_checkpoint_when_a_save_dies(tmp_path
         Path(filepath).write_bytes(b"half a checkpoint")
         raise KeyboardInterrupt
 
+    with pytest.raises(TypeError, match="storage_options"):  # passed on: Lightning's torch IO refuses them
+        io.save_checkpoint({"step": 2}, path, storage_options={"compress": True})
     monkeypatch.setattr(torch_io, "_atomic_save", dying_write)
     with pytest.raises(KeyboardInterrupt):
         io.save_checkpoint({"step": 2}, path)
@@ -132,6 +140,8 @@ def test_sigterm_handler_only_in_a_single_process_main_thread():
         assert signal.getsignal(signal.SIGTERM) == stop._on_sigterm
     finally:
         stop.on_train_end(None, None)
+    assert signal.getsignal(signal.SIGTERM) is before
+    stop.on_exception(None, None, RuntimeError("after the end"))  # restoring twice is harmless
     assert signal.getsignal(signal.SIGTERM) is before
 
 
