@@ -47,6 +47,9 @@ def test_epoch_shuffle_resumes_at_the_offset_of_that_epoch_once():
         fresh.set_epoch(epoch)
         assert list(fresh) == torch.randperm(50, generator=torch.Generator().manual_seed(3 * 1_000_003 + epoch)).tolist()
     assert list(EpochShuffle(50, seed=3)) == torch.randperm(50, generator=torch.Generator().manual_seed(3 * 1_000_003)).tolist()
+    big = 2**64 - 59  # torch.initial_seed() without seed_everything is any 64-bit number
+    expected = torch.randperm(50, generator=torch.Generator().manual_seed((big * 1_000_003) % 2**63)).tolist()
+    assert list(EpochShuffle(50, seed=big)) == expected
 
 
 def test_sigterm_mid_epoch_saves_then_resume_matches_an_uninterrupted_run(tiny_data_dir, tmp_path):
