@@ -113,7 +113,7 @@ def validation_rows(recorded_run) -> tuple[np.ndarray, np.ndarray]:
     return labels[unseen], pixels[unseen]
 
 
-def test_each_epoch_trains_on_the_training_split_once_with_its_labels(recorded_run):
+def check_each_epoch_trains_on_the_training_split_once_with_its_labels(recorded_run):
     labels, pixels = plain_csv(recorded_run["data"] / "processed" / "fashion-mnist-train.csv")
     label_of = dict(zip(row_keys(pixels), labels.tolist()))
     val_labels, _ = validation_rows(recorded_run)
@@ -127,7 +127,7 @@ def test_each_epoch_trains_on_the_training_split_once_with_its_labels(recorded_r
         assert torch.cat([s["y"] for s in steps]).tolist() == [label_of[k] for k in keys]
 
 
-def test_training_metrics_equal_a_plain_replay_of_the_steps(recorded_run):
+def check_training_metrics_equal_a_plain_replay_of_the_steps(recorded_run):
     """train/acc and train/loss_epoch cover the epoch's training steps and nothing else (no validation leaks in)."""
     scalars, smoothing = recorded_run["scalars"], recorded_run["smoothing"]
     step_losses, accs, epoch_losses = [], [], []
@@ -148,7 +148,7 @@ def test_training_metrics_equal_a_plain_replay_of_the_steps(recorded_run):
     assert scalars["train/loss"] == pytest.approx(step_losses, rel=1e-5)  # logged on every step here
 
 
-def test_validation_metrics_equal_plain_evaluation_of_each_epochs_weights(recorded_run):
+def check_validation_metrics_equal_plain_evaluation_of_each_epochs_weights(recorded_run):
     """val/acc and val/loss: the epoch's weights on the validation rows; the loss is plain cross-entropy."""
     labels, pixels = validation_rows(recorded_run)
     validated = recorded_run["record"]["validated"]
@@ -159,7 +159,7 @@ def test_validation_metrics_equal_plain_evaluation_of_each_epochs_weights(record
     assert scalars["val/loss"] == pytest.approx([loss for _, loss in expected], rel=1e-5)
 
 
-def test_metrics_json_is_the_best_checkpoint_tested_plainly(recorded_run):
+def check_metrics_json_is_the_best_checkpoint_tested_plainly(recorded_run):
     """test_acc and test_loss: the checkpoint with the highest val/acc (the first, on a tie) on the test CSV."""
     metrics, scalars = recorded_run["metrics"], recorded_run["scalars"]
     val_accs = scalars["val/acc"]
@@ -179,3 +179,12 @@ def test_metrics_json_is_the_best_checkpoint_tested_plainly(recorded_run):
     _, last_loss = plain_eval(recorded_run["record"]["validated"][-1]["weights"], *test_csv, recorded_run["tta"])
     assert last_loss != pytest.approx(loss, rel=1e-3)  # so testing the last checkpoint instead would fail above
     assert metrics["tta_hflip"] is recorded_run["tta"]
+
+
+def test_every_number_of_a_tiny_run_equals_plain_pytorch(recorded_run):
+    """One test for the four checks: the run is made once (a module fixture), and a tool that maps code to the
+    tests that reach it (mutmut) credits the fixture's work to the first test that uses it."""
+    check_each_epoch_trains_on_the_training_split_once_with_its_labels(recorded_run)
+    check_training_metrics_equal_a_plain_replay_of_the_steps(recorded_run)
+    check_validation_metrics_equal_plain_evaluation_of_each_epochs_weights(recorded_run)
+    check_metrics_json_is_the_best_checkpoint_tested_plainly(recorded_run)
