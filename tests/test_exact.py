@@ -188,3 +188,13 @@ def test_every_number_of_a_tiny_run_equals_plain_pytorch(recorded_run):
     check_training_metrics_equal_a_plain_replay_of_the_steps(recorded_run)
     check_validation_metrics_equal_plain_evaluation_of_each_epochs_weights(recorded_run)
     check_metrics_json_is_the_best_checkpoint_tested_plainly(recorded_run)
+
+
+def test_the_progress_bar_shows_the_epoch_metrics(tiny_data_dir):
+    import lightning as L
+
+    from fashion_conv import FashionClassifier
+
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(FashionClassifier("mlp", backbone_kwargs={"hidden": 8}), datamodule=FashionMNISTDataModule(tiny_data_dir, val_size=N_VAL))
+    assert {"train/acc", "val/acc", "val/loss"} <= set(trainer.progress_bar_metrics)
