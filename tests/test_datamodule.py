@@ -96,3 +96,35 @@ def test_val_size_larger_than_train_set(tiny_data_dir):
 def test_missing_data_dir(tmp_path):
     with pytest.raises(FashionConvError, match="does not exist"):
         FashionMNISTDataModule(data_dir=tmp_path / "nope").prepare_data()
+
+
+def test_each_ddp_process_takes_its_shard_of_the_seeded_shuffle(tiny_data_dir):
+    from types import SimpleNamespace
+
+    from torch.utils.data import DistributedSampler
+
+    shards = []
+    for rank in (0, 1):
+        dm = make(tiny_data_dir, shuffle_seed=5, data_on_device=False)
+        dm.trainer = SimpleNamespace(world_size=2, global_rank=rank)  # what a 2-process DDP run's trainer says
+        sampler = dm.train_dataloader().sampler
+        assert list(sampler) == list(DistributedSampler(range(100), num_replicas=2, rank=rank, shuffle=True, seed=5))
+        shards.append(list(sampler))
+    assert sorted(shards[0] + shards[1]) == list(range(100))  # together: every training image once
+
+
+@pytest.mark.parametrize("option", [{"random_shift": 2}, {"hflip": True}, {"random_erasing": 0.5}])
+def test_each_augmentation_alone_draws_from_the_step_seeded_generator(tiny_data_dir, option):
+    import lightning as L
+
+    from fashion_conv.augment import augment, step_generator
+
+    dm = make(tiny_data_dir, shuffle_seed=3, **option)
+    dm.trainer = L.Trainer(accelerator="cpu", logger=False)
+    dm.trainer.training = True
+    x, y = next(iter(dm.train_dataloader()))
+    out, labels = dm.on_after_batch_transfer((x, y), 0)
+    kwargs = {"max_shift": 0, "hflip": False, "erase_p": 0.0}
+    kwargs.update({{"random_shift": "max_shift", "hflip": "hflip", "random_erasing": "erase_p"}[k]: v for k, v in option.items()})
+    expected = augment(x, kwargs["max_shift"], kwargs["hflip"], step_generator(3, 0, x.device), kwargs["erase_p"])
+    assert torch.equal(out, expected) and not torch.equal(out, x) and labels is y
