@@ -128,3 +128,13 @@ def test_each_augmentation_alone_draws_from_the_step_seeded_generator(tiny_data_
     kwargs.update({{"random_shift": "max_shift", "hflip": "hflip", "random_erasing": "erase_p"}[k]: v for k, v in option.items()})
     expected = augment(x, kwargs["max_shift"], kwargs["hflip"], step_generator(3, 0, x.device), kwargs["erase_p"])
     assert torch.equal(out, expected) and not torch.equal(out, x) and labels is y
+
+
+def test_in_memory_images_move_to_a_device_together():
+    from fashion_conv.datamodule import InMemoryImages
+
+    data = InMemoryImages(torch.zeros(3, 1, 28, 28, dtype=torch.uint8), torch.arange(3))
+    assert data.to(torch.device("cpu")) is data  # already there: no copy
+    moved = data.to(torch.device("meta"))  # a device other than the CPU, on any machine
+    assert moved.images.device.type == moved.labels.device.type == "meta"
+    assert moved.images.shape == (3, 1, 28, 28) and moved.labels.shape == (3,)
