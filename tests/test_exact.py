@@ -198,3 +198,12 @@ def test_the_progress_bar_shows_the_epoch_metrics(tiny_data_dir):
     trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(FashionClassifier("mlp", backbone_kwargs={"hidden": 8}), datamodule=FashionMNISTDataModule(tiny_data_dir, val_size=N_VAL))
     assert {"train/acc", "val/acc", "val/loss"} <= set(trainer.progress_bar_metrics)
+
+
+def test_the_optimizer_gets_the_learning_rate_and_weight_decay():
+    from fashion_conv import FashionClassifier
+
+    adamw = FashionClassifier("mlp", lr=0.05, weight_decay=0.1).configure_optimizers()
+    assert type(adamw) is torch.optim.AdamW and (adamw.defaults["lr"], adamw.defaults["weight_decay"]) == (0.05, 0.1)
+    adam = FashionClassifier("mlp", lr=0.05).configure_optimizers()
+    assert type(adam) is torch.optim.Adam and (adam.defaults["lr"], adam.defaults["weight_decay"]) == (0.05, 0)
