@@ -124,7 +124,7 @@ class FashionMNISTDataModule(L.LightningDataModule):
         train_size: int | None = None,
         pixel_permutation_seed: int | None = None,
         test_size: int | None = None,
-    ):
+    ):  # pragma: no mutate block (for mutmut: save_hyperparameters() reads this frame)
         super().__init__()
         for name, value, low in (("batch_size", batch_size, 1), ("eval_batch_size", eval_batch_size, 1), ("val_size", val_size, 0), ("random_shift", random_shift, 0)):
             if value < low:

@@ -1,9 +1,10 @@
-"""A user's own backbone, for the class-path tests: any nn.Module with the (B,1,28,28) -> (B,10) contract."""
+"""Test helpers loaded by class path: a user's own backbone (TinyNet) and callbacks that pause, signal or record a run."""
 
 import os
 import time
 from pathlib import Path
 
+import torch
 from lightning import Callback
 from torch import nn
 
@@ -52,3 +53,37 @@ class RecordSigterm(Callback):
             import signal
 
             self.path.write_text(getattr(signal.getsignal(signal.SIGTERM), "__qualname__", "other"))
+
+
+class RecordSteps(Callback):
+    """Test helper: save to ``path`` what each training step saw (backbone weights before it, its batch) and the
+    weights each validation epoch used, so a test can recompute every logged number with plain PyTorch."""
+
+    def __init__(self, path: str):
+        self.path, self.steps, self.validated = Path(path), [], []
+
+    @staticmethod
+    def _weights(pl_module) -> dict:
+        return {k: v.detach().clone() for k, v in pl_module.backbone.state_dict().items()}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        x, y = batch
+        self.steps.append({"epoch": trainer.current_epoch, "x": x.clone(), "y": y.clone(), "weights": self._weights(pl_module)})
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        if not trainer.sanity_checking:
+            self.validated.append({"epoch": trainer.current_epoch, "weights": self._weights(pl_module)})
+
+    def on_train_end(self, trainer, pl_module):
+        torch.save({"steps": self.steps, "validated": self.validated}, self.path)
+
+
+class SignalAt(Callback):
+    """Test helper: send ``signum`` to this process at (epoch, batch), in process: a fast SIGTERM test."""
+
+    def __init__(self, epoch: int, batch: int, signum: int = 15):
+        self.epoch, self.batch, self.signum = epoch, batch, signum
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if (trainer.current_epoch, batch_idx) == (self.epoch, self.batch):
+            os.kill(os.getpid(), self.signum)

@@ -2,8 +2,10 @@
 
 import os
 import re
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from conftest import tiny_arrays
@@ -118,8 +120,20 @@ def test_error_deep_in_a_large_file_is_located(tmp_path):
     assert (info.value.line, info.value.column) == (1502, 400)
 
 
-def test_write_is_atomic_and_leaves_no_temp_files(tmp_path):
+def test_write_is_atomic_and_leaves_no_temp_files(tmp_path, monkeypatch):
     labels, images = tiny_arrays(5)
     write_csv(tmp_path / "d.csv", labels, images)
     leftovers = [p.name for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
     assert leftovers == [] and os.path.getsize(tmp_path / "d.csv") > 0
+    # atomic: a write that dies half-way leaves the previous file whole, and no temporary file
+    before = (tmp_path / "d.csv").read_bytes()
+
+    def dying_to_csv(self, path, **kwargs):
+        Path(path).write_text("label,pixel1,pix")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", dying_to_csv)
+    with pytest.raises(KeyboardInterrupt):
+        write_csv(tmp_path / "d.csv", *tiny_arrays(7))
+    assert (tmp_path / "d.csv").read_bytes() == before
+    assert [p.name for p in tmp_path.rglob("*") if p.name.endswith(".tmp")] == []

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import fashion_conv.datamodule as datamodule_module
+from fashion_conv.csvio import read_csv
 from fashion_conv.prepare import prepare_data
 
 from fashion_conv import CLASS_NAMES, FashionMNISTDataModule
@@ -34,6 +35,12 @@ def test_split_sizes_cover_the_train_csv_once(tiny_data_dir):
     assert len(dm.train_set) == 100 and len(dm.val_set) == 20
     seen = sum(len(y) for _, y in dm.train_dataloader())
     assert seen == 100
+    # and cover it: every CSV row (label and pixels) is in exactly one split, served once per epoch
+    labels, images = read_csv(tiny_data_dir / "processed" / "fashion-mnist-train.csv")
+    rows = sorted(bytes([label]) + image.tobytes() for label, image in zip(labels, images))
+    val = [bytes([int(y)]) + x.numpy().tobytes() for x, y in zip(dm.val_set.images, dm.val_set.labels)]
+    served = [bytes([int(y)]) + (x * 255).round().to(torch.uint8).numpy().tobytes() for xb, yb in dm.train_dataloader() for x, y in zip(xb, yb)]
+    assert len(set(rows)) == 120 and sorted(served + val) == rows
     dm.setup("test")
     assert len(dm.test_set) == 40 and sum(len(y) for _, y in dm.test_dataloader()) == 40
 
@@ -89,3 +96,45 @@ def test_val_size_larger_than_train_set(tiny_data_dir):
 def test_missing_data_dir(tmp_path):
     with pytest.raises(FashionConvError, match="does not exist"):
         FashionMNISTDataModule(data_dir=tmp_path / "nope").prepare_data()
+
+
+def test_each_ddp_process_takes_its_shard_of_the_seeded_shuffle(tiny_data_dir):
+    from types import SimpleNamespace
+
+    from torch.utils.data import DistributedSampler
+
+    shards = []
+    for rank in (0, 1):
+        dm = make(tiny_data_dir, shuffle_seed=5, data_on_device=False)
+        dm.trainer = SimpleNamespace(world_size=2, global_rank=rank)  # what a 2-process DDP run's trainer says
+        sampler = dm.train_dataloader().sampler
+        assert list(sampler) == list(DistributedSampler(range(100), num_replicas=2, rank=rank, shuffle=True, seed=5))
+        shards.append(list(sampler))
+    assert sorted(shards[0] + shards[1]) == list(range(100))  # together: every training image once
+
+
+@pytest.mark.parametrize("option", [{"random_shift": 2}, {"hflip": True}, {"random_erasing": 0.5}])
+def test_each_augmentation_alone_draws_from_the_step_seeded_generator(tiny_data_dir, option):
+    import lightning as L
+
+    from fashion_conv.augment import augment, step_generator
+
+    dm = make(tiny_data_dir, shuffle_seed=3, **option)
+    dm.trainer = L.Trainer(accelerator="cpu", logger=False)
+    dm.trainer.training = True
+    x, y = next(iter(dm.train_dataloader()))
+    out, labels = dm.on_after_batch_transfer((x, y), 0)
+    kwargs = {"max_shift": 0, "hflip": False, "erase_p": 0.0}
+    kwargs.update({{"random_shift": "max_shift", "hflip": "hflip", "random_erasing": "erase_p"}[k]: v for k, v in option.items()})
+    expected = augment(x, kwargs["max_shift"], kwargs["hflip"], step_generator(3, 0, x.device), kwargs["erase_p"])
+    assert torch.equal(out, expected) and not torch.equal(out, x) and labels is y
+
+
+def test_in_memory_images_move_to_a_device_together():
+    from fashion_conv.datamodule import InMemoryImages
+
+    data = InMemoryImages(torch.zeros(3, 1, 28, 28, dtype=torch.uint8), torch.arange(3))
+    assert data.to(torch.device("cpu")) is data  # already there: no copy
+    moved = data.to(torch.device("meta"))  # a device other than the CPU, on any machine
+    assert moved.images.device.type == moved.labels.device.type == "meta"
+    assert moved.images.shape == (3, 1, 28, 28) and moved.labels.shape == (3,)

@@ -29,14 +29,10 @@ def tensorboard_tags(run_dir) -> dict[str, set]:
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
+def finished_run(tmp_path_factory, make_tiny_data):
     """One tiny run shared by the read-only tests below."""
-    from conftest import tiny_arrays
-    from fashion_conv.csvio import write_csv
-
     tmp = tmp_path_factory.mktemp("run")
-    for split, n, seed in (("train", 120, 1), ("test", 40, 2)):
-        write_csv(tmp / "data" / "processed" / f"fashion-mnist-{split}.csv", *tiny_arrays(n, seed))
+    make_tiny_data(tmp / "data")
     assert main(fit_args(tmp / "data", tmp)) == 0
     return tmp, tmp / "lightning_logs" / "mlp" / "version_0"
 

@@ -1,4 +1,4 @@
-"""Using a trained model: predict CLI (images, folders, CSVs), Trainer.predict, torch-only reload, export."""
+"""Using a trained model: predict CLI (images, folders, CSVs), Trainer.predict, torch-only reload (export: test_export.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,57 +16,15 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, TensorDataset
 
-from fashion_conv import CLASS_NAMES, FashionClassifier, FashionMNISTDataModule, build_backbone, list_backbones, load_backbone
+from conftest import tiny_images
+from fashion_conv import CLASS_NAMES, FashionClassifier, FashionMNISTDataModule, build_backbone, load_backbone
 from fashion_conv.csvio import HEADER, read_images_csv, write_csv
 from fashion_conv.errors import DataError
-from fashion_conv.export import export_program, export_torchscript
-from fashion_conv.export import main as export_main
 from fashion_conv.predict import fit_to_square, load_image, preprocess, should_invert
 from fashion_conv.predict import main as predict_main
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def tiny_images(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Labels (n,) and images (n, 28, 28) uint8: a light block on black, its size set by the label."""
-    rng = np.random.default_rng(seed)
-    labels = (np.arange(n) % 10).astype(np.uint8)
-    images = rng.integers(0, 20, size=(n, 28, 28), dtype=np.uint8)
-    for i, label in enumerate(labels):
-        images[i, 4 : 8 + 2 * label, 6:22] = 220
-    return labels, images
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    """A real (tiny) run: a Lightning checkpoint and the model.pth that fit.py would write beside it."""
-    folder = tmp_path_factory.mktemp("run")
-    labels, images = tiny_images(32)
-    x = torch.from_numpy(images).unsqueeze(1).float() / 255
-    loader = DataLoader(TensorDataset(x, torch.from_numpy(labels).long()), batch_size=16)
-    L.seed_everything(0, verbose=False)
-    model = FashionClassifier("mlp")
-    trainer = L.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*no `val_dataloader`")
-        trainer.fit(model, loader)
-    trainer.save_checkpoint(folder / "last.ckpt")
-    torch.save({k: v.cpu() for k, v in model.backbone.state_dict().items()}, folder / "model.pth")
-    return folder
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> dict[str, Path]:
-    """An untrained model.pth per registered backbone."""
-    folder = tmp_path_factory.mktemp("weights")
-    paths = {}
-    for name in list_backbones():
-        torch.manual_seed(0)
-        paths[name] = folder / f"{name}.pth"
-        torch.save(build_backbone(name).state_dict(), paths[name])
-    return paths
 
 
 def run(capsys, *argv) -> tuple[int, str, str]:
@@ -447,30 +404,3 @@ def test_trainer_predict_with_the_datamodule(run_dir, tiny_data_dir):
         assert torch.allclose(probs, model.eval()(dm.test_set.images.float() / 255).softmax(1), atol=1e-6)
         bare = model.predict_step(dm.test_set.images[:4].float() / 255, 0)
     assert torch.allclose(bare, probs[:4], atol=1e-6)
-
-
-# ---- export ----
-
-
-@pytest.mark.parametrize("name", list_backbones())
-def test_exports_give_the_same_logits(name, weights, tmp_path):
-    net = load_backbone(weights[name], name)
-    x = torch.rand(5, 1, 28, 28, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        expected = net(x)
-        scripted = torch.jit.load(str(export_torchscript(net, tmp_path / "model.ts.pt")))
-        assert torch.allclose(scripted(x), expected, atol=1e-6)
-        program = torch.export.load(export_program(net, tmp_path / "model.pt2")).module()
-        assert torch.allclose(program(x), expected, atol=1e-6)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt2", "model.ts.pt"]  # no temporary files left
-
-
-def test_export_cli(run_dir, tmp_path, capsys):
-    assert export_main(["--checkpoint", str(run_dir / "last.ckpt"), "-o", str(tmp_path / "model.ts.pt")]) == 0
-    assert "wrote" in capsys.readouterr().out
-    net = load_backbone(run_dir / "model.pth", "mlp")
-    x = torch.rand(3, 1, 28, 28)
-    with torch.no_grad():
-        assert torch.allclose(torch.jit.load(str(tmp_path / "model.ts.pt"))(x), net(x), atol=1e-6)
-    assert export_main(["--checkpoint", str(tmp_path / "nope.ckpt"), "-o", str(tmp_path / "x.pt")]) == 1
-    assert capsys.readouterr().err.startswith("error: ")

@@ -3,8 +3,7 @@
 import re
 from pathlib import Path
 
-from conftest import REPO, tiny_arrays
-from fashion_conv.csvio import write_csv
+from conftest import REPO
 
 
 def readme_block(marker: str) -> str:
@@ -13,10 +12,9 @@ def readme_block(marker: str) -> str:
     return re.search(r"```python\n(.*?)```", after, re.S).group(1)
 
 
-def test_import_example_runs(tmp_path, monkeypatch, capsys):
+def test_import_example_runs(tmp_path, monkeypatch, capsys, make_tiny_data):
     # 5,100 training rows: the DataModule's default validation split is 5,000.
-    for split, n in (("train", 5100), ("test", 50)):
-        write_csv(tmp_path / "data" / "processed" / f"fashion-mnist-{split}.csv", *tiny_arrays(n))
+    make_tiny_data(tmp_path / "data", n_train=5100, n_test=50)
     monkeypatch.chdir(tmp_path)
     exec(compile(readme_block("run by tests/test_readme.py"), "README.md", "exec"), {})
     out = capsys.readouterr().out

@@ -103,10 +103,17 @@ def test_label_smoothing_changes_the_training_loss_only():
     plain, smooth = FashionClassifier("mlp"), FashionClassifier("mlp", label_smoothing=0.1)
     smooth.load_state_dict(plain.state_dict())
     x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    logged = {}
     for m in (plain, smooth):
-        m.log = lambda *a, **k: None
+        m.log = lambda name, value, *a, _m=m, **k: logged.__setitem__((_m, name), value)
         m.trainer = L.Trainer(logger=False, enable_progress_bar=False)
     assert not torch.isclose(plain.training_step((x, y), 0), smooth.training_step((x, y), 0))
+    torch.testing.assert_close(smooth.training_step((x, y), 0), torch.nn.functional.cross_entropy(plain(x), y, label_smoothing=0.1))
+    for m in (plain, smooth):  # the evaluation losses are plain cross-entropy, smoothing or not
+        m.validation_step((x, y), 0)
+        m.test_step((x, y), 0)
+        for stage in ("val", "test"):
+            torch.testing.assert_close(logged[(m, f"{stage}/loss")], torch.nn.functional.cross_entropy(plain(x), y))
 
 
 def test_early_stopping_from_the_command_line(tiny_data_dir, tmp_path):

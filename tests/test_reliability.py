@@ -16,7 +16,6 @@ import torch
 
 from conftest import REPO
 from fashion_conv.backbones import load_backbone
-from fashion_conv.checkpoints import AtomicCheckpointIO
 from fashion_conv.csvio import read_csv
 from fashion_conv.errors import FashionConvError
 from fashion_conv.fit import main
@@ -64,14 +63,10 @@ def pause_at(epoch, batch, marker):
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
+def reference(tmp_path_factory, make_tiny_data):
     """An uninterrupted 3-epoch run: the weights a resumed run must match bit for bit."""
-    from conftest import tiny_arrays
-    from fashion_conv.csvio import write_csv
-
     tmp = tmp_path_factory.mktemp("ref")
-    for split, n, seed in (("train", 120, 1), ("test", 40, 2)):
-        write_csv(tmp / "data" / "processed" / f"fashion-mnist-{split}.csv", *tiny_arrays(n, seed))
+    make_tiny_data(tmp / "data")
     assert main(fit_args(tmp / "data", tmp / "runs")) == 0
     return tmp / "data", last_weights(tmp / "runs")
 
@@ -166,32 +161,8 @@ def test_truncated_last_checkpoint_is_an_error_not_a_fresh_start(reference, tmp_
         load_backbone(run_dir(tmp_path) / "model.pth", "cnn5")
 
 
-def test_atomic_checkpoint_write_keeps_the_old_file_when_a_save_dies(tmp_path, monkeypatch):
-    import lightning.fabric.plugins.io.torch_io as torch_io
-
-    path = tmp_path / "last.ckpt"
-    io = AtomicCheckpointIO()
-    io.save_checkpoint({"step": 1}, path)
-
-    def dying_write(checkpoint, filepath):
-        Path(filepath).write_bytes(b"half a checkpoint")
-        raise KeyboardInterrupt  # the process is stopped mid-write
-
-    monkeypatch.setattr(torch_io, "_atomic_save", dying_write)
-    with pytest.raises(KeyboardInterrupt):
-        io.save_checkpoint({"step": 2}, path)
-    monkeypatch.undo()
-    assert torch.load(path, weights_only=True) == {"step": 1}
-    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
-
-
-def test_ddp_two_processes_on_cpu_match_a_single_process_evaluation(tmp_path):
-    from conftest import tiny_arrays
-    from fashion_conv.csvio import write_csv
-
-    data = tmp_path / "data"
-    for split, n, seed in (("train", 120, 1), ("test", 40, 2)):
-        write_csv(data / "processed" / f"fashion-mnist-{split}.csv", *tiny_arrays(n, seed))
+def test_ddp_two_processes_on_cpu_match_a_single_process_evaluation(tmp_path, make_tiny_data):
+    data = make_tiny_data(tmp_path / "data")
     args = fit_args(data, tmp_path / "runs", "--trainer.strategy", "ddp", "--trainer.devices", "2",
                     "--trainer.accelerator", "cpu", "--trainer.max_epochs", "2", "--data.eval_batch_size", "10")  # fmt: skip
     proc = start(args, tmp_path)

@@ -1,0 +1,184 @@
+"""Fast, in-process twins of test_reliability.py's slow tests: the mid-epoch resume offset, the SIGTERM handler and
+atomic writes, on tiny data in seconds, so ``pytest -m "not slow"`` warns about them too."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from fashion_conv.atomic import atomic_path, atomic_write_text
+from fashion_conv.checkpoints import AtomicCheckpointIO
+from fashion_conv.datamodule import EpochShuffle
+from fashion_conv.fit import main
+
+STEPS_PER_EPOCH = 13  # 100 training images in batches of 8
+
+
+def fit_args(data_dir, root, *extra):
+    return [
+        "--data.data_dir", str(data_dir), "--data.val_size", "20", "--data.batch_size", "8",
+        "--trainer.default_root_dir", str(root), "--trainer.enable_progress_bar", "false",
+        "--trainer.enable_model_summary", "false", "--trainer.max_epochs", "2", "--model.backbone", "mlp",
+        "--model.backbone_kwargs", '{"hidden": 8}', *extra,
+    ]  # fmt: skip
+
+
+def last_checkpoint(root) -> dict:
+    return torch.load(Path(root) / "lightning_logs/mlp/version_0/checkpoints/last.ckpt", weights_only=True)
+
+
+def test_epoch_shuffle_resumes_at_the_offset_of_that_epoch_once():
+    sampler = EpochShuffle(50, seed=3)
+    sampler.set_epoch(1)
+    full = list(sampler)
+    assert sorted(full) == list(range(50)) and full != list(range(50))
+    sampler.resume_at(1, 16)
+    assert list(sampler) == full[16:]  # the rest of the interrupted epoch, exactly
+    assert list(sampler) == full  # and only that once
+    sampler.resume_at(1, 16)
+    sampler.set_epoch(2)
+    assert sorted(list(sampler)) == list(range(50)) and len(list(sampler)) == 50  # another epoch is not cut
+    # The order is a documented function of (seed, epoch), so published results stay reproducible across versions.
+    fresh = EpochShuffle(50, seed=3)
+    for epoch in (0, 1, 2):
+        fresh.set_epoch(epoch)
+        assert list(fresh) == torch.randperm(50, generator=torch.Generator().manual_seed(3 * 1_000_003 + epoch)).tolist()
+    assert list(EpochShuffle(50, seed=3)) == torch.randperm(50, generator=torch.Generator().manual_seed(3 * 1_000_003)).tolist()
+    big = 2**64 - 59  # torch.initial_seed() without seed_everything is any 64-bit number
+    expected = torch.randperm(50, generator=torch.Generator().manual_seed((big * 1_000_003) % 2**63)).tolist()
+    assert list(EpochShuffle(50, seed=big)) == expected
+
+
+def test_sigterm_mid_epoch_saves_then_resume_matches_an_uninterrupted_run(tiny_data_dir, tmp_path):
+    assert main(fit_args(tiny_data_dir, tmp_path / "ref")) == 0
+    reference = last_checkpoint(tmp_path / "ref")
+    before = signal.signal(signal.SIGTERM, signal.SIG_IGN)  # were the handler missing, the signal is ignored, not fatal
+    try:
+        signal_at = ["--trainer.callbacks+=nets.SignalAt", "--trainer.callbacks.epoch=1", "--trainer.callbacks.batch=4"]
+        assert main(fit_args(tiny_data_dir, tmp_path / "run", *signal_at)) == 128 + signal.SIGTERM
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN  # the previous handler is back
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    stopped = last_checkpoint(tmp_path / "run")
+    # SignalAt's hook runs before GracefulStop's: the checkpoint is written before batch 4 of epoch 1 ran.
+    assert (stopped["epoch"], stopped["global_step"]) == (1, STEPS_PER_EPOCH + 4)
+    assert stopped["callbacks"]["GracefulStop"] == {"mid_epoch": [1, 4]}
+    assert main(fit_args(tiny_data_dir, tmp_path / "run", "--ckpt_path", "last")) == 0
+    resumed = last_checkpoint(tmp_path / "run")
+    assert resumed["global_step"] == reference["global_step"] == 2 * STEPS_PER_EPOCH
+    for key, value in reference["state_dict"].items():
+        assert torch.equal(resumed["state_dict"][key], value), key  # the skipped batches are exactly those already done
+
+
+def test_atomic_path_keeps_the_old_file_when_the_writer_dies(tmp_path):
+    target = tmp_path / "metrics.json"
+    atomic_write_text(target, "old\n")
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_path(target) as tmp:
+            assert tmp.parent == target.parent and tmp != target  # same folder: the final rename is atomic
+            tmp.write_text("half a fi")
+            raise KeyboardInterrupt  # the process is stopped mid-write
+    assert target.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+    atomic_write_text(target, "new\n")
+    assert target.read_text() == "new\n" and [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_atomic_checkpoint_io_keeps_the_old_checkpoint_when_a_save_dies(tmp_path, monkeypatch):
+    import lightning.fabric.plugins.io.torch_io as torch_io
+
+    path = tmp_path / "last.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"step": 1}, path)
+
+    def dying_write(checkpoint, filepath):
+        Path(filepath).write_bytes(b"half a checkpoint")
+        raise KeyboardInterrupt
+
+    with pytest.raises(TypeError, match="storage_options"):  # passed on: Lightning's torch IO refuses them
+        io.save_checkpoint({"step": 2}, path, storage_options={"compress": True})
+    monkeypatch.setattr(torch_io, "_atomic_save", dying_write)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"step": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True) == {"step": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+def test_sigterm_checkpoint_goes_where_the_last_checkpoint_callback_writes(tmp_path):
+    from lightning import Trainer
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from fashion_conv.checkpoints import GracefulStop
+
+    best = ModelCheckpoint(dirpath=tmp_path / "best", monitor="val/acc", mode="max")
+    last = ModelCheckpoint(dirpath=tmp_path / "last", filename="last")
+    trainer = Trainer(default_root_dir=tmp_path / "root", callbacks=[best, last], logger=False)
+    assert GracefulStop.last_path(trainer) == tmp_path / "last" / "last.ckpt"
+    no_dirpath = Trainer(default_root_dir=tmp_path / "root", callbacks=[ModelCheckpoint(filename="last")], logger=False)
+    assert GracefulStop.last_path(no_dirpath) == tmp_path / "root" / "last.ckpt"  # dirpath is set only once fit starts
+    none = Trainer(default_root_dir=tmp_path / "root", enable_checkpointing=False, logger=False)
+    assert GracefulStop.last_path(none) == tmp_path / "root" / "last.ckpt"
+
+
+def test_sigterm_handler_only_in_a_single_process_main_thread():
+    import threading
+    from types import SimpleNamespace
+
+    from fashion_conv.checkpoints import GracefulStop
+
+    before = signal.getsignal(signal.SIGTERM)
+    GracefulStop().on_train_start(SimpleNamespace(world_size=2), None)  # DDP: Lightning's own handling stays
+    assert signal.getsignal(signal.SIGTERM) is before
+    errors = []
+    thread = threading.Thread(target=lambda: _call_collecting(errors, GracefulStop().on_train_start, SimpleNamespace(world_size=1), None))
+    thread.start()
+    thread.join()
+    assert errors == [] and signal.getsignal(signal.SIGTERM) is before  # signal.signal() is main-thread only
+    stop = GracefulStop()
+    stop.on_train_start(SimpleNamespace(world_size=1), None)
+    try:
+        assert signal.getsignal(signal.SIGTERM) == stop._on_sigterm
+    finally:
+        stop.on_train_end(None, None)
+    assert signal.getsignal(signal.SIGTERM) is before
+    stop.on_exception(None, None, RuntimeError("after the end"))  # restoring twice is harmless
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def _call_collecting(errors: list, fn, *args) -> None:
+    try:
+        fn(*args)
+    except Exception as exc:  # noqa: BLE001 - the test asserts there is none
+        errors.append(exc)
+
+
+def test_mid_epoch_resume_without_our_sampler_is_one_clear_error():
+    from types import SimpleNamespace
+
+    from fashion_conv.checkpoints import GracefulStop
+    from fashion_conv.errors import FashionConvError
+
+    stop = GracefulStop()
+    stop.load_state_dict({"mid_epoch": [1, 4]})
+    with pytest.raises(FashionConvError) as info:
+        stop.on_train_start(SimpleNamespace(world_size=2, train_dataloader=[]), None)
+    assert str(info.value) == "this checkpoint was written mid-epoch; resuming it needs FashionMNISTDataModule's sampler"
+
+
+def test_a_mid_epoch_checkpoint_moves_the_sampler_once_by_the_batches_done():
+    from types import SimpleNamespace
+
+    from fashion_conv.checkpoints import GracefulStop
+
+    stop, sampler = GracefulStop(), EpochShuffle(50, seed=0)
+    assert stop.state_dict() == {"mid_epoch": None}  # a checkpoint at an epoch's end resumes at the next epoch
+    stop.load_state_dict({"mid_epoch": [1, 4]})
+    trainer = SimpleNamespace(world_size=2, train_dataloader=SimpleNamespace(sampler=sampler, batch_size=8))
+    stop.on_train_start(trainer, None)
+    assert sampler._resume == (1, 32)  # 4 batches of 8 done
+    sampler._resume = None
+    stop.on_train_start(trainer, None)  # a later fit with the same callback starts its epoch from the beginning
+    assert sampler._resume is None
