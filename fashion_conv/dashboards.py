@@ -54,6 +54,8 @@ def class_counts_figure(labels: torch.Tensor, title: str) -> plt.Figure:
     ax.invert_yaxis()  # class 0 on top, as in the dataset's label order
     ax.set_xlim(0, max(max(counts), 1) * 1.25)  # room for the numbers
     ax.set_xticks([])  # each bar carries its count
+    ax.tick_params(axis="y", length=0, pad=3)  # no tick marks or left spine over the last letter of a class name
+    ax.spines[["top", "right", "left"]].set_visible(False)
     ax.set_title(f"{title}: {sum(counts):,} images", fontsize=9)
     for i, c in enumerate(counts):
         ax.text(c, i, f" {c:,}", va="center", fontsize=8)
