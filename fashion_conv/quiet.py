@@ -36,5 +36,8 @@ def install() -> None:
 
 
 def resuming() -> None:
-    """A resumed run writes into its own checkpoint folder on purpose; Lightning warns that it is not empty."""
+    """A resumed run writes into its own checkpoint folder on purpose; Lightning warns that it is not empty. A run
+    stopped mid-epoch resumes exactly through our sampler (GracefulStop moves ``EpochShuffle`` past the batches
+    done), so Lightning's warning that the dataloader is not resumable does not apply."""
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty", category=UserWarning)
+    warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before the epoch ended", category=UserWarning)

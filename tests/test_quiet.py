@@ -31,11 +31,14 @@ def test_lightning_tips_dropped_other_info_kept(caplog):
     assert [r.getMessage() for r in caplog.records] == ["`Trainer.fit` stopped: `max_epochs=1` reached."]
 
 
-def test_resume_warning_dropped_only_when_resuming():
-    message = "Checkpoint directory lightning_logs/cnn/version_0/checkpoints exists and is not empty."
+def test_resume_warnings_dropped_only_when_resuming():
+    folder = "Checkpoint directory lightning_logs/cnn/version_0/checkpoints exists and is not empty."
+    mid_epoch = "You're resuming from a checkpoint that ended before the epoch ended and your dataloader is not resumable."
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        warnings.warn(message, UserWarning)
+        warnings.warn(folder, UserWarning)
+        warnings.warn(mid_epoch, UserWarning)
         quiet.resuming()
-        warnings.warn(message, UserWarning)
-    assert [str(w.message) for w in caught] == [message]
+        warnings.warn(folder, UserWarning)
+        warnings.warn(mid_epoch, UserWarning)
+    assert [str(w.message) for w in caught] == [folder, mid_epoch]
