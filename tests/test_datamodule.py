@@ -138,3 +138,24 @@ def test_in_memory_images_move_to_a_device_together():
     moved = data.to(torch.device("meta"))  # a device other than the CPU, on any machine
     assert moved.images.device.type == moved.labels.device.type == "meta"
     assert moved.images.shape == (3, 1, 28, 28) and moved.labels.shape == (3,)
+
+
+def test_ddp_evaluation_shards_see_each_image_once_or_are_left_to_lightning(tiny_data_dir):
+    from types import SimpleNamespace
+
+    from torch.utils.data import DistributedSampler
+
+    dm = make(tiny_data_dir, data_on_device=False)  # 20 validation images, 40 test images
+    dm.setup("test")
+    for name in ("val_dataloader", "test_dataloader"):
+        n = 20 if name == "val_dataloader" else 40
+        assert not isinstance(getattr(dm, name)().sampler, DistributedSampler)  # no trainer: file order
+        shards = []
+        for rank in (0, 1):
+            dm.trainer = SimpleNamespace(world_size=2, global_rank=rank)
+            shards.append(list(getattr(dm, name)().sampler))
+            assert shards[-1] == list(range(rank, n, 2))  # in order, every second image
+        for world_size in (1, 3):  # one process, or a split that 3 does not divide: Lightning's own sampler
+            dm.trainer = SimpleNamespace(world_size=world_size, global_rank=0)
+            assert not isinstance(getattr(dm, name)().sampler, DistributedSampler)
+        dm.trainer = None
