@@ -152,11 +152,14 @@ EXACT = [
     (b"-1,0.5\n", 1, None, "missing header: the first line holds numbers; expected 'label,pixel1,...,pixel784'"),
     (b"1.2.3,4\n", 1, None, "header has 2 columns, expected 785"),
     (b"1-,4\n", 1, None, "header has 2 columns, expected 785"),
+    (b"X1,4\n", 1, None, "header has 2 columns, expected 785"),
     (HEADER_LINE.replace("pixel1,", "pixel1\xff,").encode("latin-1") + b"\n", 1, 2,
      "header column is 'pixel1\ufffd', expected 'pixel1'"),
     ((HEADER_LINE + "\n" + row() + "\n" + row() + "\n" + row("12") + "\n").encode(), 4, 1, "label is 12, expected an integer in 0-9"),
     ((HEADER_LINE + "\n" + row() + "\n" + row("1", pixels_with(3, "300")) + "\n").encode(), 3, 3,
      "pixel2 is 300, expected an integer in 0-255"),
+    ((HEADER_LINE + "\n" + row("1", pixels_with(3, "255")[:2] + ["256"] + ["0"] * 781) + "\n").encode(), 2, 4,
+     "pixel3 is 256, expected an integer in 0-255"),  # the first value above 255, not the first 255
     ((HEADER_LINE + "\n" + row("1", pixels_with(5, "1:")) + "\n").encode(), 2, 5, "pixel4 is '1:', expected an integer in 0-255"),
     ((HEADER_LINE + "\n").encode() + row("1", pixels_with(5, "\xff")).encode("latin-1") + b"\n", 2, 5,
      "pixel4 is '\ufffd', expected an integer in 0-255"),
@@ -229,3 +232,12 @@ def test_cache_stamp_holds_the_stat_of_an_unchanged_file(tmp_path, monkeypatch):
     st = path.stat()
     stamp = np.load(_cache_path(path))[:40].view(np.int64).tolist()
     assert stamp == [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
+
+
+def test_parse_reads_the_bytes_it_is_given(tmp_path):
+    from fashion_conv.csvio import _parse
+
+    path = write(tmp_path, HEADER_LINE + "\n" + row("1") + "\n")
+    # read_csv hashes and parses one read of the file: the table must come from those bytes, not a second read.
+    table = _parse(path, HEADER, (HEADER_LINE + "\n" + row("7") + "\n").encode())
+    assert table[:, 0].tolist() == [7]
