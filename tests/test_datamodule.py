@@ -159,3 +159,13 @@ def test_ddp_evaluation_shards_see_each_image_once_or_are_left_to_lightning(tiny
             dm.trainer = SimpleNamespace(world_size=world_size, global_rank=0)
             assert not isinstance(getattr(dm, name)().sampler, DistributedSampler)
         dm.trainer = None
+
+
+def test_pixel_permutation_and_permute_pixels_exactly():
+    from fashion_conv.datamodule import permute_pixels, pixel_permutation
+
+    assert torch.equal(pixel_permutation(3), torch.randperm(784, generator=torch.Generator().manual_seed(3)))
+    assert torch.equal(pixel_permutation(3, 6), torch.randperm(6, generator=torch.Generator().manual_seed(3)))
+    images = torch.arange(2 * 1 * 2 * 3).reshape(2, 1, 2, 3)  # (N, C, H, W)
+    perm = torch.tensor([5, 0, 1, 2, 3, 4])
+    assert permute_pixels(images, perm).tolist() == [[[[5, 0, 1], [2, 3, 4]]], [[[11, 6, 7], [8, 9, 10]]]]
