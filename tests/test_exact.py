@@ -238,3 +238,10 @@ def test_the_parameter_count_is_logged_once_at_step_0():
     model._trainer = SimpleNamespace(logger=None)
     model.on_fit_start()  # no logger: nothing to do
     assert len(calls) == 1
+
+
+def test_the_fused_optimizer_only_where_torch_has_the_kernel():
+    from fashion_conv import FashionClassifier
+
+    assert FashionClassifier("mlp").configure_optimizers().defaults["fused"] is True  # CPU float parameters
+    assert FashionClassifier("mlp").to("meta").configure_optimizers().defaults["fused"] is False  # another device
