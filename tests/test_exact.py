@@ -244,4 +244,5 @@ def test_the_fused_optimizer_only_where_torch_has_the_kernel():
     from fashion_conv import FashionClassifier
 
     assert FashionClassifier("mlp").configure_optimizers().defaults["fused"] is True  # CPU float parameters
+    assert FashionClassifier("mlp", weight_decay=0.1).configure_optimizers().defaults["fused"] is True  # AdamW too
     assert FashionClassifier("mlp").to("meta").configure_optimizers().defaults["fused"] is False  # another device
