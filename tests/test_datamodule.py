@@ -169,3 +169,10 @@ def test_pixel_permutation_and_permute_pixels_exactly():
     images = torch.arange(2 * 1 * 2 * 3).reshape(2, 1, 2, 3)  # (N, C, H, W)
     perm = torch.tensor([5, 0, 1, 2, 3, 4])
     assert permute_pixels(images, perm).tolist() == [[[[5, 0, 1], [2, 3, 4]]], [[[11, 6, 7], [8, 9, 10]]]]
+
+
+def test_setup_for_validate_alone_makes_the_same_validation_split(tiny_data_dir):
+    fit = make(tiny_data_dir)
+    alone = FashionMNISTDataModule(data_dir=tiny_data_dir, val_size=20, batch_size=16)
+    alone.setup("validate")  # Trainer.validate(datamodule=...) without a fit
+    assert torch.equal(alone.val_set.images, fit.val_set.images) and torch.equal(alone.val_set.labels, fit.val_set.labels)

@@ -246,3 +246,20 @@ def test_the_fused_optimizer_only_where_torch_has_the_kernel():
     assert FashionClassifier("mlp").configure_optimizers().defaults["fused"] is True  # CPU float parameters
     assert FashionClassifier("mlp", weight_decay=0.1).configure_optimizers().defaults["fused"] is True  # AdamW too
     assert FashionClassifier("mlp").to("meta").configure_optimizers().defaults["fused"] is False  # another device
+
+
+def test_the_step_loss_and_rate_are_logged_every_n_steps_on_the_progress_bar(tiny_data_dir, tmp_path):
+    import csv
+
+    import lightning as L
+    from lightning.pytorch.loggers import CSVLogger
+
+    from fashion_conv import FashionClassifier
+
+    trainer = L.Trainer(max_epochs=1, logger=CSVLogger(tmp_path, name="", version=""), log_every_n_steps=3, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)  # fmt: skip
+    trainer.fit(FashionClassifier("mlp", backbone_kwargs={"hidden": 8}), datamodule=FashionMNISTDataModule(tiny_data_dir, val_size=N_VAL, batch_size=10))
+    assert trainer.global_step == (120 - N_VAL) // 10 and "train/loss" in trainer.progress_bar_metrics
+    rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
+    steps = {key: [int(r["step"]) for r in rows if r.get(key)] for key in ("train/loss", "train/lr")}
+    assert steps["train/loss"] == steps["train/lr"] == [s for s in range(trainer.global_step) if (s + 1) % 3 == 0]
