@@ -176,3 +176,28 @@ def test_setup_for_validate_alone_makes_the_same_validation_split(tiny_data_dir)
     alone = FashionMNISTDataModule(data_dir=tiny_data_dir, val_size=20, batch_size=16)
     alone.setup("validate")  # Trainer.validate(datamodule=...) without a fit
     assert torch.equal(alone.val_set.images, fit.val_set.images) and torch.equal(alone.val_set.labels, fit.val_set.labels)
+
+
+def test_split_sizes_at_their_limits_and_the_test_subset(tiny_data_dir):
+    from fashion_conv.datamodule import permute_pixels, pixel_permutation, seeded_permutation
+
+    dm = lambda **kw: FashionMNISTDataModule(data_dir=tiny_data_dir, **kw)  # noqa: E731
+    with pytest.raises(FashionConvError):
+        dm(val_size=120).setup("fit")  # all 120 rows for validation: none left to train on
+    fit = dm(val_size=119, train_size=1)
+    fit.setup("fit")  # the limits themselves are allowed
+    assert (len(fit.train_set), len(fit.val_set)) == (1, 119) and fit.test_set is None  # fit loads no test set
+    with pytest.raises(FashionConvError) as info:
+        dm(val_size=20, train_size=101).setup("fit")
+    assert str(info.value) == "--data.train_size 101 is more than the 100 images left after validation"
+    full = dm()
+    full.setup("predict")
+    assert len(full.test_set) == 40 and full.train_set is None
+    part = dm(test_size=10, split_seed=4)
+    part.setup("test")
+    keep = seeded_permutation(40, 4)[:10].sort().values  # a seeded subset, in file order
+    assert torch.equal(part.test_set.images, full.test_set.images[keep]) and torch.equal(part.test_set.labels, full.test_set.labels[keep])
+    permuted = dm(pixel_permutation_seed=3)
+    permuted.setup("predict")
+    assert torch.equal(permuted.pixel_permutation, pixel_permutation(3))
+    assert torch.equal(permuted.test_set.images, permute_pixels(full.test_set.images, pixel_permutation(3)))
