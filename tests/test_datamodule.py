@@ -201,3 +201,13 @@ def test_split_sizes_at_their_limits_and_the_test_subset(tiny_data_dir):
     permuted.setup("predict")
     assert torch.equal(permuted.pixel_permutation, pixel_permutation(3))
     assert torch.equal(permuted.test_set.images, permute_pixels(full.test_set.images, pixel_permutation(3)))
+
+
+def test_missing_data_messages_name_the_path(tmp_path):
+    missing = tmp_path / "nowhere"
+    with pytest.raises(FashionConvError) as info:
+        FashionMNISTDataModule(data_dir=missing).prepare_data()
+    assert str(info.value).startswith(f"data_dir {str(missing)!r} does not exist (cwd: ")
+    with pytest.raises(FashionConvError) as info:
+        FashionMNISTDataModule(data_dir=tmp_path).setup("fit")
+    assert str(info.value).startswith(f"{tmp_path / 'processed' / 'fashion-mnist-train.csv'} not found; run ")
