@@ -137,3 +137,107 @@ def test_write_is_atomic_and_leaves_no_temp_files(tmp_path, monkeypatch):
         write_csv(tmp_path / "d.csv", *tiny_arrays(7))
     assert (tmp_path / "d.csv").read_bytes() == before
     assert [p.name for p in tmp_path.rglob("*") if p.name.endswith(".tmp")] == []
+
+
+# ---- exact messages and edge cases (mutation testing, docs/mutation.md) ----
+
+EXACT = [
+    (b"", None, None, "file is empty; expected a header line 'label,pixel1,...,pixel784' and data rows"),
+    ((HEADER_LINE + "\n").encode(), 2, None, "header only, no data rows"),
+    ((",".join(HEADER[1:] + ["label"]) + "\n" + row() + "\n").encode(), 1, None,
+     "'label' is the last column; expected it first: 'label,pixel1,...,pixel784'"),
+    ((",".join(HEADER[1:]) + "\n").encode(), 1, None, "header has 784 columns, expected 785 (label and 784 pixels)"),
+    (b"a,b,c\n", 1, None, "header has 3 columns, expected 785"),
+    # Numbers: an optional minus and at most one decimal point; anything else is a header with wrong columns.
+    (b"-1,0.5\n", 1, None, "missing header: the first line holds numbers; expected 'label,pixel1,...,pixel784'"),
+    (b"1.2.3,4\n", 1, None, "header has 2 columns, expected 785"),
+    (b"1-,4\n", 1, None, "header has 2 columns, expected 785"),
+    (b"X1,4\n", 1, None, "header has 2 columns, expected 785"),
+    (HEADER_LINE.replace("pixel1,", "pixel1\xff,").encode("latin-1") + b"\n", 1, 2,
+     "header column is 'pixel1\ufffd', expected 'pixel1'"),
+    ((HEADER_LINE + "\n" + row() + "\n" + row() + "\n" + row("12") + "\n").encode(), 4, 1, "label is 12, expected an integer in 0-9"),
+    ((HEADER_LINE + "\n" + row() + "\n" + row("1", pixels_with(3, "300")) + "\n").encode(), 3, 3,
+     "pixel2 is 300, expected an integer in 0-255"),
+    ((HEADER_LINE + "\n" + row("1", pixels_with(3, "255")[:2] + ["256"] + ["0"] * 781) + "\n").encode(), 2, 4,
+     "pixel3 is 256, expected an integer in 0-255"),  # the first value above 255, not the first 255
+    ((HEADER_LINE + "\n" + row("1", pixels_with(5, "1:")) + "\n").encode(), 2, 5, "pixel4 is '1:', expected an integer in 0-255"),
+    ((HEADER_LINE + "\n").encode() + row("1", pixels_with(5, "\xff")).encode("latin-1") + b"\n", 2, 5,
+     "pixel4 is '\ufffd', expected an integer in 0-255"),
+    # The quoted cell ends at its comma or line end, also for the last cell of a row that is not the last.
+    ((HEADER_LINE + "\n" + row("1", pixels_with(785, "x")) + "\n" + row() + "\n").encode(), 2, 785,
+     "pixel784 is 'x', expected an integer in 0-255"),
+    ((HEADER_LINE + "\n" + row() + "\n" + row("1", pixels_with(785, "x")) + "\n").encode(), 3, 785,
+     "pixel784 is 'x', expected an integer in 0-255"),
+    ((HEADER_LINE + "\n" + row() + ",x\n").encode(), 2, 786, "column 786 is 'x', expected an integer in 0-255"),
+    # No final newline: only newlines are added or stripped, not spaces or other characters.
+    ((HEADER_LINE + "\n" + row() + " ").encode(), 2, 785, "pixel784 is '0 ', expected an integer in 0-255"),
+    ((HEADER_LINE + "\n" + row() + "X").encode(), 2, 785, "pixel784 is '0X', expected an integer in 0-255"),
+    # The first stray carriage return is named, by line and column.
+    ((HEADER_LINE + "\n" + row() + "\n0,\r5\n" + row() + "\r,\n").encode(), 3, 2, "stray carriage return inside a line"),
+    (b"\n,\r1\n", 2, 2, "stray carriage return inside a line"),
+    (b"a,\n\rb\n", 2, 1, "stray carriage return inside a line"),
+]
+
+
+@pytest.mark.parametrize("raw,line,column,problem", EXACT, ids=[f"{i}-{e[3][:30]}" for i, e in enumerate(EXACT)])
+def test_bad_input_exact_message(tmp_path, raw, line, column, problem):
+    path = write(tmp_path, raw)
+    with pytest.raises(DataError) as info:
+        read_csv(path)
+    assert (info.value.problem, info.value.line, info.value.column) == (problem, line, column)
+
+
+def test_pixel_255_is_accepted(tmp_path):
+    path = write(tmp_path, HEADER_LINE + "\n" + row("9", ["255"] * 784) + "\n")
+    labels, images = read_csv(path)
+    assert labels.tolist() == [9] and (images == 255).all()
+
+
+def test_many_chunks_parse_like_one(tmp_path, monkeypatch):
+    import fashion_conv.csvio as csvio
+
+    labels, images = tiny_arrays(40)
+    path = tmp_path / "d.csv"
+    path.write_text("\n".join([HEADER_LINE] + [row(str(label), [str(v) for v in im.ravel()]) for label, im in zip(labels, images)]) + "\n")
+    monkeypatch.setattr(csvio, "_CHUNK_BYTES", 5000)  # about 2 rows a chunk
+    table = csvio.parse_csv(path)
+    assert np.array_equal(table[:, 0], labels) and np.array_equal(table[:, 1:].reshape(-1, 28, 28), images)
+    lines = path.read_text().splitlines()
+    lines[30] = row("11")  # line 31, in a later chunk
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError) as info:
+        csvio.parse_csv(path)
+    assert (info.value.problem, info.value.line, info.value.column) == ("label is 11, expected an integer in 0-9", 31, 1)
+
+
+def test_read_images_csv_picks_the_layout_by_header(tmp_path):
+    from fashion_conv.csvio import read_images_csv
+
+    labels, images = tiny_arrays(3)
+    pixels_only = ",".join(HEADER[1:]) + "\n" + "\n".join(",".join(str(v) for v in im.ravel()) for im in images) + "\n"
+    path = write(tmp_path, b"\xef\xbb\xbf" + pixels_only.encode())  # a spreadsheet's BOM before 'pixel1,'
+    got_labels, got_images = read_images_csv(path)
+    assert got_labels is None and np.array_equal(got_images, images)
+    path = write(tmp_path, "\n".join([HEADER_LINE] + [row(str(label), [str(v) for v in im.ravel()]) for label, im in zip(labels, images)]) + "\n")
+    got_labels, got_images = read_images_csv(path)
+    assert np.array_equal(got_labels, labels) and np.array_equal(got_images, images)
+
+
+def test_cache_stamp_holds_the_stat_of_an_unchanged_file(tmp_path, monkeypatch):
+    import fashion_conv.csvio as csvio
+
+    monkeypatch.setattr(csvio, "_RACY_NS", -10**18)  # trust every stat (normally only those older than 2 s)
+    path = write(tmp_path, HEADER_LINE + "\n" + row("2") + "\n")
+    read_csv(path)
+    st = path.stat()
+    stamp = np.load(_cache_path(path))[:40].view(np.int64).tolist()
+    assert stamp == [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
+
+
+def test_parse_reads_the_bytes_it_is_given(tmp_path):
+    from fashion_conv.csvio import _parse
+
+    path = write(tmp_path, HEADER_LINE + "\n" + row("1") + "\n")
+    # read_csv hashes and parses one read of the file: the table must come from those bytes, not a second read.
+    table = _parse(path, HEADER, (HEADER_LINE + "\n" + row("7") + "\n").encode())
+    assert table[:, 0].tolist() == [7]

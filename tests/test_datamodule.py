@@ -138,3 +138,76 @@ def test_in_memory_images_move_to_a_device_together():
     moved = data.to(torch.device("meta"))  # a device other than the CPU, on any machine
     assert moved.images.device.type == moved.labels.device.type == "meta"
     assert moved.images.shape == (3, 1, 28, 28) and moved.labels.shape == (3,)
+
+
+def test_ddp_evaluation_shards_see_each_image_once_or_are_left_to_lightning(tiny_data_dir):
+    from types import SimpleNamespace
+
+    from torch.utils.data import DistributedSampler
+
+    dm = make(tiny_data_dir, data_on_device=False)  # 20 validation images, 40 test images
+    dm.setup("test")
+    for name in ("val_dataloader", "test_dataloader"):
+        n = 20 if name == "val_dataloader" else 40
+        assert not isinstance(getattr(dm, name)().sampler, DistributedSampler)  # no trainer: file order
+        shards = []
+        for rank in (0, 1):
+            dm.trainer = SimpleNamespace(world_size=2, global_rank=rank)
+            shards.append(list(getattr(dm, name)().sampler))
+            assert shards[-1] == list(range(rank, n, 2))  # in order, every second image
+        for world_size in (1, 3):  # one process, or a split that 3 does not divide: Lightning's own sampler
+            dm.trainer = SimpleNamespace(world_size=world_size, global_rank=0)
+            assert not isinstance(getattr(dm, name)().sampler, DistributedSampler)
+        dm.trainer = None
+
+
+def test_pixel_permutation_and_permute_pixels_exactly():
+    from fashion_conv.datamodule import permute_pixels, pixel_permutation
+
+    assert torch.equal(pixel_permutation(3), torch.randperm(784, generator=torch.Generator().manual_seed(3)))
+    assert torch.equal(pixel_permutation(3, 6), torch.randperm(6, generator=torch.Generator().manual_seed(3)))
+    images = torch.arange(2 * 1 * 2 * 3).reshape(2, 1, 2, 3)  # (N, C, H, W)
+    perm = torch.tensor([5, 0, 1, 2, 3, 4])
+    assert permute_pixels(images, perm).tolist() == [[[[5, 0, 1], [2, 3, 4]]], [[[11, 6, 7], [8, 9, 10]]]]
+
+
+def test_setup_for_validate_alone_makes_the_same_validation_split(tiny_data_dir):
+    fit = make(tiny_data_dir)
+    alone = FashionMNISTDataModule(data_dir=tiny_data_dir, val_size=20, batch_size=16)
+    alone.setup("validate")  # Trainer.validate(datamodule=...) without a fit
+    assert torch.equal(alone.val_set.images, fit.val_set.images) and torch.equal(alone.val_set.labels, fit.val_set.labels)
+
+
+def test_split_sizes_at_their_limits_and_the_test_subset(tiny_data_dir):
+    from fashion_conv.datamodule import permute_pixels, pixel_permutation, seeded_permutation
+
+    dm = lambda **kw: FashionMNISTDataModule(data_dir=tiny_data_dir, **kw)  # noqa: E731
+    with pytest.raises(FashionConvError):
+        dm(val_size=120).setup("fit")  # all 120 rows for validation: none left to train on
+    fit = dm(val_size=119, train_size=1)
+    fit.setup("fit")  # the limits themselves are allowed
+    assert (len(fit.train_set), len(fit.val_set)) == (1, 119) and fit.test_set is None  # fit loads no test set
+    with pytest.raises(FashionConvError) as info:
+        dm(val_size=20, train_size=101).setup("fit")
+    assert str(info.value) == "--data.train_size 101 is more than the 100 images left after validation"
+    full = dm()
+    full.setup("predict")
+    assert len(full.test_set) == 40 and full.train_set is None
+    part = dm(test_size=10, split_seed=4)
+    part.setup("test")
+    keep = seeded_permutation(40, 4)[:10].sort().values  # a seeded subset, in file order
+    assert torch.equal(part.test_set.images, full.test_set.images[keep]) and torch.equal(part.test_set.labels, full.test_set.labels[keep])
+    permuted = dm(pixel_permutation_seed=3)
+    permuted.setup("predict")
+    assert torch.equal(permuted.pixel_permutation, pixel_permutation(3))
+    assert torch.equal(permuted.test_set.images, permute_pixels(full.test_set.images, pixel_permutation(3)))
+
+
+def test_missing_data_messages_name_the_path(tmp_path):
+    missing = tmp_path / "nowhere"
+    with pytest.raises(FashionConvError) as info:
+        FashionMNISTDataModule(data_dir=missing).prepare_data()
+    assert str(info.value).startswith(f"data_dir {str(missing)!r} does not exist (cwd: ")
+    with pytest.raises(FashionConvError) as info:
+        FashionMNISTDataModule(data_dir=tmp_path).setup("fit")
+    assert str(info.value).startswith(f"{tmp_path / 'processed' / 'fashion-mnist-train.csv'} not found; run ")

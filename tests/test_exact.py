@@ -207,3 +207,59 @@ def test_the_optimizer_gets_the_learning_rate_and_weight_decay():
     assert type(adamw) is torch.optim.AdamW and (adamw.defaults["lr"], adamw.defaults["weight_decay"]) == (0.05, 0.1)
     adam = FashionClassifier("mlp", lr=0.05).configure_optimizers()
     assert type(adam) is torch.optim.Adam and (adam.defaults["lr"], adam.defaults["weight_decay"]) == (0.05, 0)
+
+
+def test_the_schedule_is_the_one_named_over_the_run_s_steps():
+    from types import SimpleNamespace
+
+    from fashion_conv import FashionClassifier
+
+    for name, kind in (("cosine", torch.optim.lr_scheduler.CosineAnnealingLR), ("onecycle", torch.optim.lr_scheduler.OneCycleLR)):
+        model = FashionClassifier("mlp", lr=0.05, lr_schedule=name)
+        model._trainer = SimpleNamespace(estimated_stepping_batches=10.0)  # what Lightning's trainer estimates
+        config = model.configure_optimizers()
+        scheduler = config["lr_scheduler"]["scheduler"]
+        assert type(scheduler) is kind and config["lr_scheduler"]["interval"] == "step" and scheduler.optimizer is config["optimizer"]
+        if name == "cosine":
+            assert scheduler.T_max == 10 and scheduler.base_lrs == [0.05]
+        else:
+            assert scheduler.total_steps == 10 and config["optimizer"].param_groups[0]["max_lr"] == 0.05
+
+
+def test_the_parameter_count_is_logged_once_at_step_0():
+    from types import SimpleNamespace
+
+    from fashion_conv import FashionClassifier
+
+    model, calls = FashionClassifier("mlp"), []
+    model._trainer = SimpleNamespace(logger=SimpleNamespace(log_metrics=lambda metrics, **kw: calls.append((metrics, kw))))
+    model.on_fit_start()
+    assert calls == [({"model/params": float(sum(p.numel() for p in model.backbone.parameters()))}, {"step": 0})]
+    model._trainer = SimpleNamespace(logger=None)
+    model.on_fit_start()  # no logger: nothing to do
+    assert len(calls) == 1
+
+
+def test_the_fused_optimizer_only_where_torch_has_the_kernel():
+    from fashion_conv import FashionClassifier
+
+    assert FashionClassifier("mlp").configure_optimizers().defaults["fused"] is True  # CPU float parameters
+    assert FashionClassifier("mlp", weight_decay=0.1).configure_optimizers().defaults["fused"] is True  # AdamW too
+    assert FashionClassifier("mlp").to("meta").configure_optimizers().defaults["fused"] is False  # another device
+
+
+def test_the_step_loss_and_rate_are_logged_every_n_steps_on_the_progress_bar(tiny_data_dir, tmp_path):
+    import csv
+
+    import lightning as L
+    from lightning.pytorch.loggers import CSVLogger
+
+    from fashion_conv import FashionClassifier
+
+    trainer = L.Trainer(max_epochs=1, logger=CSVLogger(tmp_path, name="", version=""), log_every_n_steps=3, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)  # fmt: skip
+    trainer.fit(FashionClassifier("mlp", backbone_kwargs={"hidden": 8}), datamodule=FashionMNISTDataModule(tiny_data_dir, val_size=N_VAL, batch_size=10))
+    assert trainer.global_step == (120 - N_VAL) // 10 and "train/loss" in trainer.progress_bar_metrics
+    rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
+    steps = {key: [int(r["step"]) for r in rows if r.get(key)] for key in ("train/loss", "train/lr")}
+    assert steps["train/loss"] == steps["train/lr"] == [s for s in range(trainer.global_step) if (s + 1) % 3 == 0]

@@ -65,7 +65,8 @@ def test_sigterm_mid_epoch_saves_then_resume_matches_an_uninterrupted_run(tiny_d
     stopped = last_checkpoint(tmp_path / "run")
     # SignalAt's hook runs before GracefulStop's: the checkpoint is written before batch 4 of epoch 1 ran.
     assert (stopped["epoch"], stopped["global_step"]) == (1, STEPS_PER_EPOCH + 4)
-    assert stopped["callbacks"]["GracefulStop"]["mid_epoch"] == [1, 4]
+    state = stopped["callbacks"]["GracefulStop"]
+    assert state["mid_epoch"] == [1, 4] and set(state) == {"mid_epoch", "train_seconds"} and state["train_seconds"] > 0
     assert main(fit_args(tiny_data_dir, tmp_path / "run", "--ckpt_path", "last")) == 0
     resumed = last_checkpoint(tmp_path / "run")
     assert resumed["global_step"] == reference["global_step"] == 2 * STEPS_PER_EPOCH
@@ -174,7 +175,7 @@ def test_a_mid_epoch_checkpoint_moves_the_sampler_once_by_the_batches_done():
     from fashion_conv.checkpoints import GracefulStop
 
     stop, sampler = GracefulStop(), EpochShuffle(50, seed=0)
-    assert stop.state_dict()["mid_epoch"] is None  # a checkpoint at an epoch's end resumes at the next epoch
+    assert stop.state_dict() == {"mid_epoch": None, "train_seconds": 0.0}  # a checkpoint at an epoch's end resumes at the next epoch
     stop.load_state_dict({"mid_epoch": [1, 4]})
     trainer = SimpleNamespace(world_size=2, train_dataloader=SimpleNamespace(sampler=sampler, batch_size=8))
     stop.on_train_start(trainer, None)

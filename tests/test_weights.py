@@ -89,3 +89,18 @@ def test_a_foreign_instantiator_is_refused(tmp_path):
 def test_dependency_floors_keep_weights_only_safe():
     text = (REPO / "pyproject.toml").read_text()
     assert '"lightning>=2.6.6"' in text and '"torch>=2.6"' in text
+
+
+def test_load_from_checkpoint_names_the_file_and_passes_arguments_on(tmp_path):
+    bad = tmp_path / "bad.ckpt"
+    torch.save({"state_dict": {}}, bad)
+    with pytest.raises(FashionConvError) as info:
+        FashionClassifier.load_from_checkpoint(bad, weights_only=True)
+    assert str(info.value) == f"{bad}: not a FashionClassifier checkpoint (no backbone in its hyper_parameters)"
+    ckpt = checkpoint(tmp_path / "mlp.ckpt")
+    assert FashionClassifier.load_from_checkpoint(ckpt, weights_only=True, lr=0.5).hparams.lr == 0.5  # kwargs reach Lightning
+    state = {f"backbone.{k}": v for k, v in build_backbone("mlp").state_dict().items()}
+    extra = checkpoint(tmp_path / "extra.ckpt", state={**state, "backbone.unexpected": torch.zeros(1)})
+    with pytest.raises(RuntimeError, match="Unexpected key"):
+        FashionClassifier.load_from_checkpoint(extra, weights_only=True)
+    FashionClassifier.load_from_checkpoint(extra, None, None, False, weights_only=True)  # positional strict=False reaches Lightning
