@@ -110,7 +110,7 @@ class GracefulStop(Callback):
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch, batch_idx: int) -> None:
         if self.requested:
             self._stopping_at = (trainer.current_epoch, batch_idx)
-            trainer.save_checkpoint(self.last_path(trainer))
+            trainer.save_checkpoint(self.last_path(trainer), weights_only=False)  # a full training checkpoint, said explicitly
             raise SIGTERMException
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

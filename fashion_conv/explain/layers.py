@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -43,17 +44,8 @@ def spatial_layers(model: nn.Module, x: torch.Tensor) -> list[LayerInfo]:
     """
     calls: list[tuple[str, nn.Module, tuple]] = []
     names = {m: n for n, m in model.named_modules()}
-    hooks = [
-        m.register_forward_hook(lambda mod, _in, out: calls.append((names[mod], mod, tuple(out.shape))))
-        for m in model.modules()
-        if not list(m.children())
-    ]
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in hooks:
-            h.remove()
+    leaves = [m for m in model.modules() if not list(m.children())]
+    _forward_with_hooks(model, x, {m: lambda mod, _in, out: calls.append((names[mod], mod, tuple(out.shape))) for m in leaves})
     layers, rf, jump = [], 1, 1
     for name, module, shape in calls:
         if len(shape) != 4:
@@ -95,14 +87,19 @@ def feature_maps(model: nn.Module, x: torch.Tensor, names: list[str] | None = No
     if unknown:
         raise ValueError(f"no module named {', '.join(unknown)} in {type(model).__name__}")
     out: dict[str, torch.Tensor] = {}
-    hooks = [modules[n].register_forward_hook(lambda _m, _i, o, n=n: out.__setitem__(n, o.detach())) for n in names]
+    _forward_with_hooks(model, x, {modules[n]: lambda _m, _i, o, n=n: out.__setitem__(n, o.detach()) for n in names})
+    return out
+
+
+def _forward_with_hooks(model: nn.Module, x: torch.Tensor, hooks: dict[nn.Module, Callable]) -> None:
+    """One no-grad forward pass of ``x`` with a forward hook on each given module, removed afterwards."""
+    handles = [module.register_forward_hook(hook) for module, hook in hooks.items()]
     try:
         with torch.no_grad():
             model(x)
     finally:
-        for h in hooks:
-            h.remove()
-    return out
+        for handle in handles:
+            handle.remove()
 
 
 def block_outputs(layers: list[LayerInfo]) -> list[LayerInfo]:
