@@ -21,7 +21,7 @@ import torch
 import yaml
 from lightning import LightningDataModule, LightningModule, Trainer
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar, TQDMProgressBar
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.profilers import PassThroughProfiler
@@ -37,6 +37,7 @@ from fashion_conv.datamodule import FashionMNISTDataModule
 from fashion_conv.errors import FashionConvError
 from fashion_conv.explain.callback import ExplainFigures
 from fashion_conv.module import FashionClassifier, steps_per_call_conflicts
+from fashion_conv.progress import StepProgressBar
 
 SEED = 42
 PROGRESS_REFRESH_STEPS = 25
@@ -187,8 +188,7 @@ class FashionCLI(LightningCLI):
         callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
         if self.config.trainer.enable_progress_bar is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
             # Lightning's bar redraws every step, which costs as much as an MLP step on CPU.
-            refresh = max(1, PROGRESS_REFRESH_STEPS // (self.config.data.steps_per_call or 1))  # about every 25 steps
-            kwargs["callbacks"] = [*callbacks, TQDMProgressBar(refresh_rate=refresh)]
+            kwargs["callbacks"] = [*callbacks, StepProgressBar(refresh_rate=PROGRESS_REFRESH_STEPS)]
         if self.config.trainer.profiler is None:
             kwargs["profiler"] = NoProfiler()
         trainer = super().instantiate_trainer(**kwargs)

@@ -16,6 +16,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
+from fashion_conv.datamodule import steps_per_epoch
 from fashion_conv.backbones import _REGISTRY, build_backbone, count_parameters
 from fashion_conv.errors import FashionConvError
 from fashion_conv.weights import checkpoint_backbone, flip_tta, read_weights_file
@@ -329,6 +330,6 @@ class FashionClassifier(LightningModule):
         loader = trainer.train_dataloader if group > 1 else None
         if loader is None:
             return calls
-        per_epoch = math.ceil(len(loader.sampler) / (loader.batch_size // group))
+        per_epoch = steps_per_epoch(loader, group)
         total = per_epoch * trainer.max_epochs if trainer.max_epochs >= 0 else math.inf
         return int(min(total, trainer.max_steps if trainer.max_steps >= 0 else math.inf))

@@ -140,3 +140,20 @@ def test_the_datamodule_groups_the_same_batches_in_the_same_order(tiny_data_dir)
         assert torch.equal(x1, x8) and torch.equal(y1, y8)
     with pytest.raises(FashionConvError, match="steps_per_call must be at least 1"):
         FashionMNISTDataModule(tiny_data_dir, steps_per_call=0)
+
+
+def test_the_progress_bar_counts_batches_not_calls(tmp_path, make_tiny_data, capfd):
+    data = make_tiny_data(tmp_path / "data")
+    args = [
+        "--data.data_dir", str(data), "--data.val_size", "20", "--data.batch_size", "8", "--trainer.max_epochs", "1",
+        "--trainer.default_root_dir", str(tmp_path), "--model.backbone", "mlp", "--model.backbone_kwargs", '{"hidden": 8}',
+        "--explain_figures", "false", "--trainer.callbacks+=fashion_conv.progress.StepProgressBar",
+        "--trainer.callbacks.refresh_rate=5",
+    ]  # fmt: skip
+    capfd.readouterr()
+    assert main(args) == 0
+    out = capfd.readouterr().out  # Lightning draws its bar on stdout
+    frames = [part for line in out.splitlines() for part in line.split("\r")]
+    counts = [part.split("|")[2].split("[")[0].strip() for part in frames if part.startswith("Epoch 0:") and part.count("|") >= 2]
+    assert counts and counts[0] == "0/13" and counts[-1] == "13/13"  # 13 batches of 8, in 2 calls (8 + 5)
+    assert "8/13" in counts and "5/13" not in counts  # redrawn where a call crossed a multiple of 5 steps
