@@ -42,8 +42,8 @@ from fashion_conv.progress import StepProgressBar
 SEED = 42
 PROGRESS_REFRESH_STEPS = 25
 # Optimizer steps per training_step call where the trainer settings allow (--data.steps_per_call): Lightning's
-# fixed cost a call, about 0.8 ms on CPU, is then paid once per 8 steps (see the README's speed section).
-STEPS_PER_CALL = 8
+# fixed cost a call, about 0.8 ms on CPU, is then paid once per 16 steps (see the README's speed section).
+STEPS_PER_CALL = 16
 
 
 def run_name(backbone: str) -> str:
@@ -170,6 +170,8 @@ class FashionCLI(LightningCLI):
         elif ckpt:
             self.resume_from = Path(ckpt)
         resolve_steps_per_call(config, self.resume_from)
+        if config.data.steps_per_call > 1:
+            quiet.grouped_calls()
         if self.resume_from is not None:  # checked before anything is written: a bad file never touches a run folder
             check_resume(self.resume_from, config)
             quiet.resuming()

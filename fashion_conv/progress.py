@@ -14,7 +14,7 @@ from fashion_conv.datamodule import BatchGroup, steps_per_epoch
 class StepProgressBar(TQDMProgressBar):
     """The bar Lightning users know, but its count and total are batches of ``batch_size`` (optimizer steps) even
     when each ``training_step`` call takes a ``BatchGroup`` of them (``--data.steps_per_call``), so a mlp epoch
-    reads 860/860, not 108/108. It redraws about every ``refresh_rate`` steps."""
+    reads 860/860, not 54/54. It redraws about every ``refresh_rate`` steps."""
 
     @property
     def total_train_batches(self) -> int | float:
