@@ -29,7 +29,7 @@ VARIANTS = {
 }
 
 
-def worker(variant: str) -> dict:
+def worker(variant: str, data_dir: str, val_size: int) -> dict:
     import torch
     from lightning import Callback
     from torch import nn
@@ -38,7 +38,8 @@ def worker(variant: str) -> dict:
     if variant == "plain":
         from fashion_conv.bench import plain_worker
 
-        spec = {"seed": 42, "data_dir": "data", "val_size": 5000, "train_size": None, "backbone": "mlp", "epochs": 1, "cpu_time": True}
+        spec = {"seed": 42, "data_dir": data_dir, "val_size": val_size, "train_size": None, "backbone": "mlp", "epochs": 1,
+                "cpu_time": True}  # fmt: skip
         result = plain_worker(spec)
         return {"cpu_s": result["epoch_seconds"][0], "steps": -(-result["samples"] // 64)}
     from fashion_conv import fit
@@ -59,7 +60,8 @@ def worker(variant: str) -> dict:
 
     timer = CpuTimer()
     with tempfile.TemporaryDirectory() as root:
-        args = ["--model.backbone", "mlp", "--trainer.max_epochs", "1", "--trainer.default_root_dir", root, "--explain_figures", "false"]
+        args = ["--model.backbone", "mlp", "--trainer.max_epochs", "1", "--trainer.default_root_dir", root, "--explain_figures", "false",
+                "--data.data_dir", data_dir, "--data.val_size", str(val_size)]  # fmt: skip
         if variant.startswith("one-batch"):
             args += ["--data.steps_per_call", "1"]
         with contextlib.redirect_stdout(sys.stderr):
@@ -69,17 +71,20 @@ def worker(variant: str) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="measurements per variant; figures are medians (default: 3)")
+    parser.add_argument("--data-dir", default="data", help="folder holding processed/ (default: data)")
+    parser.add_argument("--val-size", type=int, default=5000, help="validation images held out, as fit's (default: 5000)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker)))
+        print(json.dumps(worker(args.worker, args.data_dir, args.val_size)))
         return 0
     runs: dict[str, list[dict]] = {v: [] for v in VARIANTS}
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for r in range(args.repeats):
         for variant in VARIANTS if r % 2 == 0 else reversed(VARIANTS):
-            proc = subprocess.run([sys.executable, __file__, "--worker", variant], capture_output=True, text=True, env=env)
+            command = [sys.executable, __file__, "--worker", variant, "--data-dir", args.data_dir, "--val-size", str(args.val_size)]
+            proc = subprocess.run(command, capture_output=True, text=True, env=env)
             if proc.returncode:
                 print(proc.stderr[-3000:], file=sys.stderr)
                 return 1

@@ -148,3 +148,18 @@ def test_fit_trains_the_weights_a_plain_loop_trains(tiny_data_dir, backbone, gro
         # Rounding differences (fused kernel, NHWC convs) grow where Adam divides a near-zero gradient by its
         # near-zero scale; one step moves a weight by lr = 1e-3, so 1e-4 still tells a wrong batch apart.
         assert torch.allclose(trained[k], v, rtol=0, atol=1e-4), k
+
+
+@pytest.mark.slow
+def test_step_cost_prints_a_row_per_variant(tiny_data_dir):
+    """scripts/step_cost.py, the README's per-step breakdown, end to end on tiny data (5 fresh processes)."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "step_cost.py"), "--repeats", "1", "--data-dir", str(tiny_data_dir),
+                           "--val-size", "20"], capture_output=True, text=True, cwd=tiny_data_dir.parent)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line.split(" | ")[0].lstrip("| ") for line in proc.stdout.splitlines() if line.startswith("| ") and "---" not in line]
+    assert rows == ["variant", "plain", "one-batch-setattr", "one-batch", "group-hooks", "fit"]
