@@ -256,10 +256,23 @@ def test_the_step_loss_and_rate_are_logged_every_n_steps_on_the_progress_bar(tin
 
     from fashion_conv import FashionClassifier
 
+    class StepLosses(L.Callback):
+        """The loss that each training step returned, by step."""
+
+        def __init__(self):
+            self.losses: list[float] = []
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.losses.append(float(outputs["loss"]))
+
+    returned = StepLosses()
     trainer = L.Trainer(max_epochs=1, logger=CSVLogger(tmp_path, name="", version=""), log_every_n_steps=3, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)  # fmt: skip
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, callbacks=[returned])  # fmt: skip
     trainer.fit(FashionClassifier("mlp", backbone_kwargs={"hidden": 8}), datamodule=FashionMNISTDataModule(tiny_data_dir, val_size=N_VAL, batch_size=10))
-    assert trainer.global_step == (120 - N_VAL) // 10 and "train/loss" in trainer.progress_bar_metrics
+    assert trainer.global_step == (120 - N_VAL) // 10 == len(returned.losses) and "train/loss" in trainer.progress_bar_metrics
     rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
     steps = {key: [int(r["step"]) for r in rows if r.get(key)] for key in ("train/loss", "train/lr")}
-    assert steps["train/loss"] == steps["train/lr"] == [s for s in range(trainer.global_step) if (s + 1) % 3 == 0]
+    assert steps["train/loss"] == steps["train/lr"] == [2, 5, 8]  # every third step, counted from 0
+    # Each written loss is the loss of the step it is written at (not an earlier step's, held over), and the rate is Adam's.
+    assert {int(r["step"]): float(r["train/loss"]) for r in rows if r.get("train/loss")} == {s: returned.losses[s] for s in (2, 5, 8)}
+    assert [float(r["train/lr"]) for r in rows if r.get("train/lr")] == [float(torch.tensor(1e-3))] * 3  # logged as float32
