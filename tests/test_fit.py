@@ -1,5 +1,6 @@
 """``python -m fashion_conv.fit`` end to end on tiny data: outputs, TensorBoard, reloads, resume, bad command lines."""
 
+import argparse
 import json
 
 import pytest
@@ -155,6 +156,7 @@ def test_unparsable_command_lines_give_one_line(tiny_data_dir, tmp_path, capsys,
 def test_missing_data_dir(tmp_path, capsys):
     assert main(fit_args(tmp_path / "nope", tmp_path)) == 1
     assert "does not exist" in capsys.readouterr().err
+    assert (tmp_path / "lightning_logs" / "mlp").is_dir() and not list(tmp_path.glob("lightning_logs/mlp/*"))  # its version_0 is removed
 
 
 def test_a_bad_csv_stops_fit_with_file_line_and_column(tiny_data_dir, tmp_path, capsys):
@@ -168,3 +170,57 @@ def test_a_bad_csv_stops_fit_with_file_line_and_column(tiny_data_dir, tmp_path, 
     err = capsys.readouterr().err.strip()
     assert err.endswith(f"error: {csv}, line 8, column 13: pixel12 is 'NaN', expected an integer in 0-255"), err
     assert not (tmp_path / "lightning_logs").exists() or not list((tmp_path / "lightning_logs").rglob("*.ckpt"))
+
+
+def test_short_parse_error_says_option_value_and_choices_in_one_line():
+    from fashion_conv.fit import short_parse_error
+
+    union = (
+        'Parser key "trainer.precision":\n  Does not validate against any of the Union subtypes\n  Errors:\n'
+        "    - Expected a typing.Literal[64, 32]\n    - Expected a typing.Literal['16-mixed', 'bf16-mixed', '32']\n"
+        "    - Expected a <class 'NoneType'>\n  Given value type: <class 'str'>\n  Given value: 7"
+    )
+    cases = {
+        union: "--trainer.precision: '7' is not one of 64, 32, 16-mixed, bf16-mixed",  # each choice once, unquoted
+        "Parser key \"data.batch_size\":\n  Expected a <class 'int'>\n  Given value: x": "--data.batch_size: Expected a <class 'int'>",
+        "Parser key \"data.batch_size\":\n  Expected a <class 'int'>. Got value: x": "--data.batch_size: Expected a <class 'int'>. Got value: x",
+        "unrecognized arguments: --nope 1\nmore": "unrecognized arguments: --nope 1",
+    }
+    for text, line in cases.items():
+        assert short_parse_error(argparse.ArgumentError(None, text)) == line
+
+
+def test_resume_last_picks_the_newest_checkpoint_not_the_highest_name(tmp_path):
+    import os
+
+    from fashion_conv.fit import find_last_checkpoint
+
+    assert find_last_checkpoint(tmp_path) is None
+    for version, mtime in (("version_9", 1_000_000), ("version_10", 2_000_000), ("version_2", 1_500_000)):
+        last = tmp_path / version / "checkpoints" / "last.ckpt"
+        last.parent.mkdir(parents=True)
+        last.touch()
+        os.utime(last, (mtime, mtime))
+    assert find_last_checkpoint(tmp_path) == tmp_path / "version_10" / "checkpoints" / "last.ckpt"
+
+
+def test_settings_compare_as_config_yaml_writes_them():
+    from fashion_conv.fit import _plain
+
+    assert _plain({"a": (1, (2, 3)), "b": [{"c": (4,)}]}) == {"a": [1, [2, 3]], "b": [{"c": [4]}]}
+
+
+def test_run_trains_with_the_extra_callbacks_it_is_given(tiny_data_dir, tmp_path):
+    from lightning import Callback
+
+    from fashion_conv.fit import run
+
+    class CountEpochs(Callback):
+        epochs = 0
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            self.epochs += 1
+
+    counter = CountEpochs()
+    summary = run(fit_args(tiny_data_dir, tmp_path, "--trainer.max_epochs", "1"), callbacks=[counter])
+    assert counter.epochs == 1 and summary["backbone"] == "mlp" and summary["epochs"] == 1

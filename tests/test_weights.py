@@ -117,6 +117,9 @@ def test_weights_that_do_not_fit_say_how_and_name_the_file(tmp_path):
         (lambda: load_backbone(narrow, "mlp"), f"{narrow}: weights do not fit backbone 'mlp' (tensor shapes differ); was it trained with another backbone or options?"),
         (lambda: load_model(weights=narrow, backbone="mlp"), f"{narrow}: weights do not fit backbone 'mlp' (tensor shapes differ); was it trained with another backbone or options?"),
     ]
+    extra = tmp_path / "extra.pth"
+    torch.save({**build_backbone("mlp").state_dict(), "extra": torch.zeros(1)}, extra)
+    cases.append((lambda: load_backbone(extra, "mlp"), f"{extra}: weights do not fit backbone 'mlp' (0 tensors missing, 1 unexpected); was it trained with another backbone or options?"))
     ckpt = checkpoint(tmp_path / "m.ckpt", backbone_kwargs={"hidden": 8})  # its state holds the default 256-wide weights
     cases.append((lambda: load_model(ckpt), f"{ckpt}: weights do not fit backbone 'mlp' (tensor shapes differ); was it trained with another backbone or options?"))
     foreign = checkpoint(tmp_path / "c.ckpt", backbone="nets.TinyNet")
