@@ -24,6 +24,8 @@ from pathlib import Path
 import torch
 from lightning import Callback
 
+from fashion_conv.datamodule import BatchGroup
+
 VARIANTS = {
     # name: fit command-line arguments (None: a hand-written loop, not fit)
     "reference": None,  # the notebook's own code, verbatim
@@ -144,7 +146,7 @@ class EpochTimer(Callback):
                 torch.cuda.synchronize()
             self.seconds.append(time.perf_counter() - self._start)
         if trainer.current_epoch == 0:
-            self.samples += len(batch[1])
+            self.samples += sum(len(y) for _, y in batch) if isinstance(batch, BatchGroup) else len(batch[1])
 
 
 def fit_worker(spec: dict) -> dict:
@@ -274,7 +276,7 @@ def markdown_table(results: dict, epochs: int) -> str:
         for name, r in variants.items():
             vs_ref = f"{r['epoch_s'] / ref['epoch_s']:.2f}x" if ref else ""
             vs_plain = f"{r['epoch_s'] / plain['epoch_s']:.2f}x" if plain else ""
-            steps = -(-r["samples"] // 64)  # batches of 64 per epoch: fit's and plain's
+            steps = -(-r["samples"] // 64)  # optimizer steps (batches of 64) per epoch: fit's and plain's
             over = f"{(r['epoch_s'] - plain['epoch_s']) / steps * 1e6:+.0f}" if plain and name == "fit" else ""
             peak = r["peak_gpu_mb"] or r["peak_rss_mb"]
             lines.append(

@@ -36,10 +36,13 @@ from fashion_conv.dashboards import DatasetDashboards, log_hparams
 from fashion_conv.datamodule import FashionMNISTDataModule
 from fashion_conv.errors import FashionConvError
 from fashion_conv.explain.callback import ExplainFigures
-from fashion_conv.module import FashionClassifier
+from fashion_conv.module import FashionClassifier, steps_per_call_conflicts
 
 SEED = 42
 PROGRESS_REFRESH_STEPS = 25
+# Optimizer steps per training_step call where the trainer settings allow (--data.steps_per_call): Lightning's
+# fixed cost a call, about 0.8 ms on CPU, is then paid once per 8 steps (see the README's speed section).
+STEPS_PER_CALL = 8
 
 
 def run_name(backbone: str) -> str:
@@ -78,7 +81,7 @@ _VERSION_ENV = "FASHION_CONV_RUN_VERSION"
 MODEL_FIXED = ("backbone", "backbone_kwargs", "lr", "num_classes", "weight_decay", "label_smoothing", "lr_schedule", "tta_hflip")
 DATA_FIXED = (
     "batch_size", "val_size", "split_seed", "shuffle_seed", "train_size", "random_shift", "hflip", "random_erasing",
-    "pixel_permutation_seed",
+    "pixel_permutation_seed", "steps_per_call",
 )  # fmt: skip
 
 
@@ -100,6 +103,7 @@ def check_resume(path: Path, config) -> None:
     asked["model.backbone"] = _backbone_name(config.model)
     asked["model.backbone_kwargs"] = asked["model.backbone_kwargs"] or {}
     had = {f"model.{k}": hp.get(k) for k in MODEL_FIXED} | {f"data.{k}": data_hp.get(k, asked[f"data.{k}"]) for k in DATA_FIXED}
+    had["data.steps_per_call"] = data_hp.get("steps_per_call") or 1  # checkpoints from before it existed: 1
     saved = _saved_config(path)
     if saved:  # the run folder's config.yaml: the seed drives the shuffle; a schedule is laid out for max_epochs
         asked["seed_everything"], had["seed_everything"] = config.seed_everything, saved.get("seed_everything")
@@ -147,6 +151,8 @@ class FashionCLI(LightningCLI):
             default=True,
             help="At the end of fit, show the model's filters, feature maps and attributions in TensorBoard (IMAGES).",
         )
+        # None: resolved in before_instantiate_classes (STEPS_PER_CALL where the trainer settings allow, else 1).
+        parser.set_defaults({"data.steps_per_call": None})
 
     def before_instantiate_classes(self) -> None:
         config = self.config
@@ -162,6 +168,7 @@ class FashionCLI(LightningCLI):
                 self.version = self.resume_from.parent.parent.name
         elif ckpt:
             self.resume_from = Path(ckpt)
+        resolve_steps_per_call(config, self.resume_from)
         if self.resume_from is not None:  # checked before anything is written: a bad file never touches a run folder
             check_resume(self.resume_from, config)
             quiet.resuming()
@@ -180,7 +187,8 @@ class FashionCLI(LightningCLI):
         callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
         if self.config.trainer.enable_progress_bar is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
             # Lightning's bar redraws every step, which costs as much as an MLP step on CPU.
-            kwargs["callbacks"] = [*callbacks, TQDMProgressBar(refresh_rate=PROGRESS_REFRESH_STEPS)]
+            refresh = max(1, PROGRESS_REFRESH_STEPS // (self.config.data.steps_per_call or 1))  # about every 25 steps
+            kwargs["callbacks"] = [*callbacks, TQDMProgressBar(refresh_rate=refresh)]
         if self.config.trainer.profiler is None:
             kwargs["profiler"] = NoProfiler()
         trainer = super().instantiate_trainer(**kwargs)
@@ -188,6 +196,26 @@ class FashionCLI(LightningCLI):
             if isinstance(callback, ExplainFigures):
                 callback.enabled = self.config.explain_figures
         return trainer
+
+
+def resolve_steps_per_call(config, resume_from: Path | None) -> None:
+    """Set ``--data.steps_per_call`` when the user left it to fit (None): a resumed run keeps its checkpoint's value;
+    a new one takes STEPS_PER_CALL unless a trainer setting counts single batches. A value given explicitly with such
+    a setting is refused, naming it."""
+    data = config.data
+    trainer = {k: v for k, v in vars(config.trainer).items()}
+    conflicts = steps_per_call_conflicts(trainer)
+    if data.steps_per_call is None:
+        if resume_from is not None:
+            held = (read_weights_file(resume_from).get("datamodule_hyper_parameters") or {}).get("steps_per_call")
+            data.steps_per_call = held or 1
+        else:
+            data.steps_per_call = 1 if conflicts else STEPS_PER_CALL
+    elif data.steps_per_call > 1 and conflicts:
+        raise FashionConvError(
+            f"--data.steps_per_call {data.steps_per_call} cannot run with --trainer.{', --trainer.'.join(conflicts)}: "
+            "they count single batches; leave --data.steps_per_call out, or set it to 1"
+        )
 
 
 class NoProfiler(PassThroughProfiler):

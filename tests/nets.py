@@ -8,6 +8,8 @@ import torch
 from lightning import Callback
 from torch import nn
 
+from fashion_conv.datamodule import BatchGroup
+
 
 class TinyNet(nn.Module):
     def __init__(self, width: int = 8):
@@ -56,25 +58,39 @@ class RecordSigterm(Callback):
 
 
 class RecordSteps(Callback):
-    """Test helper: save to ``path`` what each training step saw (backbone weights before it, its batch) and the
-    weights each validation epoch used, so a test can recompute every logged number with plain PyTorch."""
+    """Test helper: save to ``path`` what each optimizer step saw (backbone weights before it, its batch) and the
+    weights each validation epoch used, so a test can recompute every logged number with plain PyTorch.
+
+    Steps are seen through the torch optimizer's own pre-step hook, so grouped calls (a list of batches per
+    ``training_step``) are recorded batch by batch, and no Lightning hook is overridden (which would change the path).
+    """
 
     def __init__(self, path: str):
         self.path, self.steps, self.validated = Path(path), [], []
+        self._batches, self._handle = [], None
 
     @staticmethod
     def _weights(pl_module) -> dict:
         return {k: v.detach().clone() for k, v in pl_module.backbone.state_dict().items()}
 
+    def on_train_start(self, trainer, pl_module):
+        self._module = pl_module
+        self._handle = trainer.optimizers[0].register_step_pre_hook(self._before_step)
+
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        x, y = batch
-        self.steps.append({"epoch": trainer.current_epoch, "x": x.clone(), "y": y.clone(), "weights": self._weights(pl_module)})
+        self._batches = list(batch) if isinstance(batch, BatchGroup) else [batch]
+        self._epoch = trainer.current_epoch
+
+    def _before_step(self, optimizer, args, kwargs):
+        x, y = self._batches.pop(0)
+        self.steps.append({"epoch": self._epoch, "x": x.clone(), "y": y.clone(), "weights": self._weights(self._module)})
 
     def on_validation_epoch_end(self, trainer, pl_module):
         if not trainer.sanity_checking:
             self.validated.append({"epoch": trainer.current_epoch, "weights": self._weights(pl_module)})
 
     def on_train_end(self, trainer, pl_module):
+        self._handle.remove()
         torch.save({"steps": self.steps, "validated": self.validated}, self.path)
 
 

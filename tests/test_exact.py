@@ -54,7 +54,8 @@ def test_splits_are_disjoint_and_cover_the_train_csv_exactly_once(tiny_data_dir)
 # ---- one tiny fit, every number it logs recomputed ----
 
 RUNS = {
-    "plain": [],
+    "plain": [],  # fit's default: groups of batches per training_step call (--data.steps_per_call 8)
+    "one-batch-calls": ["--data.steps_per_call", "1"],  # Lightning's automatic optimization, one batch a call
     "smoothing+tta": ["--model.label_smoothing", "0.1", "--model.tta_hflip", "true"],  # the strong recipe's options
 }
 
@@ -62,7 +63,7 @@ RUNS = {
 @pytest.fixture(scope="module", params=list(RUNS))
 def recorded_run(request, tmp_path_factory, make_tiny_data):
     """A 5-epoch fit through the CLI, with a callback recording each step's batch and weights."""
-    tmp = tmp_path_factory.mktemp(request.param.replace("+", "_"))
+    tmp = tmp_path_factory.mktemp(request.param.replace("+", "_").replace("-", "_"))
     data = make_tiny_data(tmp / "data")
     args = [
         "--data.data_dir", str(data), "--data.val_size", str(N_VAL), "--data.batch_size", "16", "--data.eval_batch_size", "8",

@@ -52,22 +52,25 @@ def test_epoch_shuffle_resumes_at_the_offset_of_that_epoch_once():
     assert list(EpochShuffle(50, seed=big)) == expected
 
 
-def test_sigterm_mid_epoch_saves_then_resume_matches_an_uninterrupted_run(tiny_data_dir, tmp_path):
-    assert main(fit_args(tiny_data_dir, tmp_path / "ref")) == 0
+@pytest.mark.parametrize("group", [1, 4])  # one batch a training_step call, or groups of 4 (13 batches: 4+4+4+1)
+def test_sigterm_mid_epoch_saves_then_resume_matches_an_uninterrupted_run(tiny_data_dir, tmp_path, group):
+    grouping = ["--data.steps_per_call", str(group)]
+    assert main(fit_args(tiny_data_dir, tmp_path / "ref", *grouping)) == 0
     reference = last_checkpoint(tmp_path / "ref")
     before = signal.signal(signal.SIGTERM, signal.SIG_IGN)  # were the handler missing, the signal is ignored, not fatal
+    call = 4 // group  # the call that would start at step 4 of epoch 1
     try:
-        signal_at = ["--trainer.callbacks+=nets.SignalAt", "--trainer.callbacks.epoch=1", "--trainer.callbacks.batch=4"]
-        assert main(fit_args(tiny_data_dir, tmp_path / "run", *signal_at)) == 128 + signal.SIGTERM
+        signal_at = ["--trainer.callbacks+=nets.SignalAt", "--trainer.callbacks.epoch=1", f"--trainer.callbacks.batch={call}"]
+        assert main(fit_args(tiny_data_dir, tmp_path / "run", *grouping, *signal_at)) == 128 + signal.SIGTERM
         assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN  # the previous handler is back
     finally:
         signal.signal(signal.SIGTERM, before)
     stopped = last_checkpoint(tmp_path / "run")
-    # SignalAt's hook runs before GracefulStop's: the checkpoint is written before batch 4 of epoch 1 ran.
+    # SignalAt's hook runs before GracefulStop's: the checkpoint is written before step 4 of epoch 1 ran.
     assert (stopped["epoch"], stopped["global_step"]) == (1, STEPS_PER_EPOCH + 4)
     state = stopped["callbacks"]["GracefulStop"]
-    assert state["mid_epoch"] == [1, 4] and set(state) == {"mid_epoch", "train_seconds"} and state["train_seconds"] > 0
-    assert main(fit_args(tiny_data_dir, tmp_path / "run", "--ckpt_path", "last")) == 0
+    assert state["mid_epoch"] == [1, call] and set(state) == {"mid_epoch", "train_seconds"} and state["train_seconds"] > 0
+    assert main(fit_args(tiny_data_dir, tmp_path / "run", "--ckpt_path", "last")) == 0  # grouping: the checkpoint's
     resumed = last_checkpoint(tmp_path / "run")
     assert resumed["global_step"] == reference["global_step"] == 2 * STEPS_PER_EPOCH
     for key, value in reference["state_dict"].items():

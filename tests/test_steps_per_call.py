@@ -1,0 +1,142 @@
+"""Grouped calls (``--data.steps_per_call N``, fit's default 8) train exactly like one batch a call.
+
+fit hands each ``training_step`` a list of batches so that Lightning's fixed cost a call is paid once per group. These
+tests run the same tiny fit both ways and compare everything a user sees: the final weights, every TensorBoard scalar
+at every step, metrics.json, a schedule's rates, augmentation, ``max_steps``, and a mid-epoch stop and resume.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from fashion_conv.datamodule import BatchGroup, FashionMNISTDataModule
+from fashion_conv.errors import FashionConvError
+from fashion_conv.fit import STEPS_PER_CALL, main
+from fashion_conv.module import steps_per_call_conflicts
+
+
+def fit_tiny(data, root, *extra: str) -> dict:
+    """A tiny mlp fit; returns its metrics.json, every scalar as {tag: [(step, value)]} and the last checkpoint."""
+    args = [
+        "--data.data_dir", str(data), "--data.val_size", "20", "--data.batch_size", "8", "--data.eval_batch_size", "16",
+        "--trainer.default_root_dir", str(root), "--trainer.enable_progress_bar", "false",
+        "--trainer.enable_model_summary", "false", "--trainer.max_epochs", "3", "--trainer.log_every_n_steps", "3",
+        "--model.backbone", "mlp", "--model.backbone_kwargs", '{"hidden": 16}', "--model.lr", "0.01",
+        "--explain_figures", "false", *extra,
+    ]  # fmt: skip
+    assert main(args) == 0
+    (run,) = (root / "lightning_logs" / "mlp").glob("version_*")
+    events = EventAccumulator(str(run))
+    events.Reload()
+    # By step: fit and test write separate event files, which the reader may take in either order.
+    scalars = {tag: sorted(((e.step, e.value) for e in events.Scalars(tag)), key=lambda p: p[0]) for tag in events.Tags()["scalars"]}
+    last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    return {"metrics": json.loads((run / "metrics.json").read_text()), "scalars": scalars, "last": last}
+
+
+def assert_same_run(grouped: dict, single: dict) -> None:
+    assert grouped["last"]["global_step"] == single["last"]["global_step"]
+    for key, value in single["last"]["state_dict"].items():
+        torch.testing.assert_close(grouped["last"]["state_dict"][key], value, rtol=1e-5, atol=1e-6, msg=key)
+    assert grouped["scalars"].keys() == single["scalars"].keys()
+    for tag, points in single["scalars"].items():
+        assert [s for s, _ in grouped["scalars"][tag]] == [s for s, _ in points], tag  # the same steps
+        assert [v for _, v in grouped["scalars"][tag]] == pytest.approx([v for _, v in points], rel=1e-4, abs=1e-6), tag
+    g, s = grouped["metrics"], single["metrics"]
+    assert (g["test_acc"], g["val_acc"], g["epochs"]) == (s["test_acc"], s["val_acc"], s["epochs"])
+    assert g["test_loss"] == pytest.approx(s["test_loss"], rel=1e-5)
+
+
+# 100 training rows in batches of 8: 13 a epoch (12 of 8, one of 4), so groups of 8 leave a part-group of 5.
+CASES = {
+    "defaults": [],
+    "onecycle+augment": ["--model.lr_schedule", "onecycle", "--data.random_shift", "2", "--data.hflip", "true"],
+    "max_steps=30": ["--trainer.max_steps", "30"],  # stops inside the third epoch's first group
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_grouped_calls_train_and_log_exactly_like_one_batch_a_call(case, tmp_path, make_tiny_data):
+    data = make_tiny_data(tmp_path / "data")
+    grouped = fit_tiny(data, tmp_path / "grouped", *CASES[case])  # the default, STEPS_PER_CALL
+    single = fit_tiny(data, tmp_path / "single", *CASES[case], "--data.steps_per_call", "1")
+    assert_same_run(grouped, single)
+    if case == "max_steps=30":
+        assert single["last"]["global_step"] == 30
+    assert grouped["scalars"]["train/loss"][0][0] == 2  # step 2 is the 3rd: log_every_n_steps=3 counts steps, not calls
+    assert (tmp_path / "grouped" / "lightning_logs" / "mlp" / "version_0" / "config.yaml").read_text().count(
+        f"steps_per_call: {STEPS_PER_CALL}"
+    ) == 1  # the resolved value is what the run folder records
+
+
+def test_a_grouped_run_stopped_mid_epoch_resumes_to_the_uninterrupted_run(tmp_path, make_tiny_data):
+    data = make_tiny_data(tmp_path / "data")
+    whole = fit_tiny(data, tmp_path / "whole", "--data.steps_per_call", "2")
+    stop = ["--trainer.callbacks+=nets.SignalAt", "--trainer.callbacks.epoch=1", "--trainer.callbacks.batch=3",
+            "--trainer.callbacks.signum", str(int(signal.SIGTERM))]  # fmt: skip
+    args = [
+        "--data.data_dir", str(data), "--data.val_size", "20", "--data.batch_size", "8", "--data.eval_batch_size", "16",
+        "--trainer.default_root_dir", str(tmp_path / "parts"), "--trainer.enable_progress_bar", "false",
+        "--trainer.enable_model_summary", "false", "--trainer.max_epochs", "3", "--trainer.log_every_n_steps", "3",
+        "--model.backbone", "mlp", "--model.backbone_kwargs", '{"hidden": 16}', "--model.lr", "0.01",
+        "--explain_figures", "false",
+    ]  # fmt: skip
+    assert main([*args, "--data.steps_per_call", "2", *stop]) == 143  # stopped before the 4th call of epoch 1
+    last = tmp_path / "parts" / "lightning_logs" / "mlp" / "version_0" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 13 + 6
+    assert main([*args, "--ckpt_path", "last"]) == 0  # left out, steps_per_call is the checkpoint's 2
+    resumed = torch.load(last, map_location="cpu", weights_only=True)
+    for key, value in whole["last"]["state_dict"].items():
+        torch.testing.assert_close(resumed["state_dict"][key], value, rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_a_resumed_run_keeps_its_grouping_and_refuses_another(tmp_path, make_tiny_data, capsys):
+    data = make_tiny_data(tmp_path / "data")
+    fit_tiny(data, tmp_path, "--trainer.max_epochs", "1")
+    last = tmp_path / "lightning_logs" / "mlp" / "version_0" / "checkpoints" / "last.ckpt"
+    args = ["--data.data_dir", str(data), "--data.val_size", "20", "--data.batch_size", "8", "--model.backbone", "mlp",
+            "--model.backbone_kwargs", '{"hidden": 16}', "--model.lr", "0.01", "--trainer.default_root_dir", str(tmp_path),
+            "--ckpt_path", str(last)]  # fmt: skip
+    capsys.readouterr()
+    assert main([*args, "--data.steps_per_call", "1"]) == 1
+    assert f"was trained with --data.steps_per_call {STEPS_PER_CALL} (now 1)" in capsys.readouterr().err
+
+
+def test_settings_that_count_single_batches_fall_back_to_one_batch_a_call_or_are_refused(tmp_path, make_tiny_data, capsys):
+    assert steps_per_call_conflicts({}) == []
+    assert steps_per_call_conflicts({"limit_train_batches": 1.0, "val_check_interval": 1.0, "accumulate_grad_batches": 1}) == []
+    assert steps_per_call_conflicts(
+        {"gradient_clip_val": 0.5, "accumulate_grad_batches": 2, "limit_train_batches": 3, "val_check_interval": 0.5,
+         "overfit_batches": 1, "fast_dev_run": True}
+    ) == ["gradient_clip_val", "accumulate_grad_batches", "limit_train_batches", "val_check_interval", "overfit_batches", "fast_dev_run"]  # fmt: skip
+    assert steps_per_call_conflicts({"limit_train_batches": 1}) == ["limit_train_batches"]  # an int counts batches
+    data = make_tiny_data(tmp_path / "data")
+    clipped = fit_tiny(data, tmp_path / "a", "--trainer.gradient_clip_val", "0.5", "--trainer.max_epochs", "1")
+    assert clipped["last"]["datamodule_hyper_parameters"]["steps_per_call"] == 1  # fell back: Lightning clips
+    capsys.readouterr()
+    with pytest.raises(AssertionError):
+        fit_tiny(data, tmp_path / "b", "--trainer.gradient_clip_val", "0.5", "--data.steps_per_call", "4")
+    err = capsys.readouterr().err
+    assert "--data.steps_per_call 4 cannot run with --trainer.gradient_clip_val" in err and "Traceback" not in err
+
+
+def test_the_datamodule_groups_the_same_batches_in_the_same_order(tiny_data_dir):
+    def batches(group: int) -> list:
+        dm = FashionMNISTDataModule(tiny_data_dir, val_size=20, batch_size=8, shuffle_seed=5, steps_per_call=group)
+        dm.setup("fit")
+        out = []
+        for item in dm.train_dataloader():
+            out += item if isinstance(item, BatchGroup) else [item]
+        return out
+
+    single, grouped = batches(1), batches(8)
+    assert [len(y) for _, y in grouped] == [8] * 12 + [4]
+    for (x1, y1), (x8, y8) in zip(single, grouped, strict=True):
+        assert torch.equal(x1, x8) and torch.equal(y1, y8)
+    with pytest.raises(FashionConvError, match="steps_per_call must be at least 1"):
+        FashionMNISTDataModule(tiny_data_dir, steps_per_call=0)
