@@ -113,6 +113,9 @@ def test_backbone_by_class_path(tiny_data_dir, tmp_path):
         FashionClassifier.load_from_checkpoint(ckpt, weights_only=True)
     loaded = FashionClassifier.load_from_checkpoint(ckpt, weights_only=True, backbone="nets.TinyNet")  # the caller names it
     assert type(loaded.backbone).__name__ == "TinyNet"
+    # Resuming names the class too (--model.backbone), so the run continues.
+    assert main(fit_args(tiny_data_dir, tmp_path, "--model.backbone", "nets.TinyNet", "--trainer.max_epochs", "2", "--ckpt_path", "last")) == 0
+    assert json.loads((run / "metrics.json").read_text())["epochs"] == 2
 
 
 def test_print_config_shows_the_notebook_defaults(capsys):

@@ -62,18 +62,27 @@ def snapshot(folder: Path) -> dict:
         ("changed lr", ["--model.lr", "0.01"], "was trained with --model.lr 0.001 (now 0.01); a resumed run keeps its settings"),
         ("changed batch size", ["--data.batch_size", "16", "--model.lr_schedule", "cosine"],
          "--model.lr_schedule 'none' (now 'cosine'), --data.batch_size 8 (now 16)"),
+        ("changed seed", ["--seed_everything", "7"], "was trained with --seed_everything 42 (now 7)"),  # from the run's config.yaml
+        ("weights only", [], "is not a training checkpoint; --ckpt_path needs a training checkpoint"),
+        ("not ours", [], "not a FashionClassifier checkpoint (no backbone in its hyper_parameters)"),
     ],
 )  # fmt: skip
-def test_a_checkpoint_this_run_cannot_continue_is_refused_before_anything_is_written(finished_run, case, extra, message, capsys):
+def test_a_checkpoint_this_run_cannot_continue_is_refused_before_anything_is_written(finished_run, case, extra, message, capsys, tmp_path):
     data, root = finished_run
     before = snapshot(root)
     last = run_dir(root) / ("model.pth" if case == "model.pth" else "checkpoints/last.ckpt")
+    if case in ("weights only", "not ours"):  # a Lightning checkpoint without the loops' state, or without our hyperparameters
+        drop = "loops" if case == "weights only" else "hyper_parameters"
+        full = torch.load(last, weights_only=True)
+        last = tmp_path / "checkpoints" / "stripped.ckpt"
+        last.parent.mkdir()
+        torch.save({k: v for k, v in full.items() if k != drop}, last)
     for ckpt in (str(last), "last"):
-        if ckpt == "last" and case in ("other backbone", "model.pth"):
+        if ckpt == "last" and case in ("other backbone", "model.pth", "weights only", "not ours"):
             continue  # 'last' looks under the requested backbone's folder only
         assert main(fit_args(data, root, "--ckpt_path", ckpt, *extra)) == 1
         err = capsys.readouterr().err
-        assert err.count("\n") == 1 and err.startswith("error: ") and message in err, err
+        assert err.count("\n") == 1 and err.startswith(f"error: {last}: ") and message in err, err  # the file, then the problem
     assert snapshot(root) == before  # config.yaml untouched, no new version folder
     assert [p.name for p in root.rglob("version_*")] == ["version_0"]
 
