@@ -87,6 +87,19 @@ def test_a_checkpoint_this_run_cannot_continue_is_refused_before_anything_is_wri
     assert [p.name for p in root.rglob("version_*")] == ["version_0"]
 
 
+def test_a_checkpoint_from_before_a_data_option_existed_resumes_with_its_default(finished_run, tmp_path, capsys):
+    data, root = finished_run
+    full = torch.load(run_dir(root) / "checkpoints" / "last.ckpt", weights_only=True)
+    old = tmp_path / "checkpoints" / "old.ckpt"  # as written before random_shift and steps_per_call were options
+    old.parent.mkdir()
+    dm = {k: v for k, v in full["datamodule_hyper_parameters"].items() if k not in ("random_shift", "steps_per_call")}
+    torch.save({**full, "datamodule_hyper_parameters": dm}, old)
+    capsys.readouterr()
+    assert main(fit_args(data, tmp_path, "--ckpt_path", str(old), "--data.steps_per_call", "4")) == 1
+    # random_shift: missing means the value asked for; steps_per_call: missing means 1 (one batch a call), not 4.
+    assert capsys.readouterr().err.startswith(f"error: {old}: was trained with --data.steps_per_call 1 (now 4); a resumed run")
+
+
 def test_ckpt_path_last_on_a_finished_run_keeps_its_totals(finished_run, tmp_path):
     data, _ = finished_run
     root = work = tmp_path / "runs"
