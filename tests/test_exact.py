@@ -268,7 +268,7 @@ def test_the_fused_optimizer_only_where_torch_has_the_kernel():
     assert FashionClassifier("mlp").to("meta").configure_optimizers().defaults["fused"] is False  # another device
 
 
-def test_the_step_loss_and_rate_are_logged_every_n_steps_on_the_progress_bar(tiny_data_dir, tmp_path):
+def test_each_written_step_loss_is_that_steps_loss_grouped_or_not(tiny_data_dir, tmp_path):
     import csv
 
     import lightning as L

@@ -113,9 +113,6 @@ def test_backbone_by_class_path(tiny_data_dir, tmp_path):
         FashionClassifier.load_from_checkpoint(ckpt, weights_only=True)
     loaded = FashionClassifier.load_from_checkpoint(ckpt, weights_only=True, backbone="nets.TinyNet")  # the caller names it
     assert type(loaded.backbone).__name__ == "TinyNet"
-    # Resuming names the class too (--model.backbone), so the run continues.
-    assert main(fit_args(tiny_data_dir, tmp_path, "--model.backbone", "nets.TinyNet", "--trainer.max_epochs", "2", "--ckpt_path", "last")) == 0
-    assert json.loads((run / "metrics.json").read_text())["epochs"] == 2
 
 
 def test_print_config_shows_the_notebook_defaults(capsys):
@@ -156,7 +153,7 @@ def test_unparsable_command_lines_give_one_line(tiny_data_dir, tmp_path, capsys,
     assert len(err) == 1 and message in err[0]
 
 
-def test_missing_data_dir(tmp_path, capsys):
+def test_a_missing_data_dir_is_one_error_and_leaves_no_run_folder(tmp_path, capsys):
     assert main(fit_args(tmp_path / "nope", tmp_path)) == 1
     assert "does not exist" in capsys.readouterr().err
     assert (tmp_path / "lightning_logs" / "mlp").is_dir() and not list(tmp_path.glob("lightning_logs/mlp/*"))  # its version_0 is removed
@@ -227,3 +224,11 @@ def test_run_trains_with_the_extra_callbacks_it_is_given(tiny_data_dir, tmp_path
     counter = CountEpochs()
     summary = run(fit_args(tiny_data_dir, tmp_path, "--trainer.max_epochs", "1"), callbacks=[counter])
     assert counter.epochs == 1 and summary["backbone"] == "mlp" and summary["epochs"] == 1
+
+
+def test_a_class_path_run_resumes_when_named_again(tiny_data_dir, tmp_path):
+    tiny = ("--model.backbone", "nets.TinyNet")
+    assert main(fit_args(tiny_data_dir, tmp_path, *tiny, "--trainer.max_epochs", "1")) == 0
+    # The checkpoint names a class path; --model.backbone names it too, which is the consent to import it.
+    assert main(fit_args(tiny_data_dir, tmp_path, *tiny, "--trainer.max_epochs", "2", "--ckpt_path", "last")) == 0
+    assert json.loads((tmp_path / "lightning_logs" / "TinyNet" / "version_0" / "metrics.json").read_text())["epochs"] == 2

@@ -100,6 +100,31 @@ def test_a_checkpoint_from_before_a_data_option_existed_resumes_with_its_default
     assert capsys.readouterr().err.startswith(f"error: {old}: was trained with --data.steps_per_call 1 (now 4); a resumed run")
 
 
+@pytest.mark.parametrize(
+    "schedule, extra, differ",
+    [
+        ("cosine", ["--model.lr_schedule", "cosine", "--trainer.max_epochs", "3"], "--trainer.max_epochs 1 (now 3)"),  # laid out for 1
+        (None, ["--trainer.max_epochs", "3"], "--model.lr_schedule None (now 'none')"),  # no schedule key: max_epochs is free
+    ],
+)
+def test_a_scheduled_run_resumes_only_with_its_max_epochs(finished_run, tmp_path, capsys, schedule, extra, differ):
+    data, root = finished_run
+    full = torch.load(run_dir(root) / "checkpoints" / "last.ckpt", weights_only=True)
+    hp = {k: v for k, v in full["hyper_parameters"].items() if k != "lr_schedule"}
+    if schedule:
+        hp["lr_schedule"] = schedule
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    torch.save({**full, "hyper_parameters": hp}, ckpt)
+    (tmp_path / "run" / "config.yaml").write_bytes((run_dir(root) / "config.yaml").read_bytes())  # max_epochs: 1
+    capsys.readouterr()
+    assert main(fit_args(data, tmp_path, "--ckpt_path", str(ckpt), *extra)) == 1
+    assert capsys.readouterr().err == (
+        f"error: {ckpt}: was trained with {differ}; a resumed run keeps its settings, so drop the changed options, "
+        "or start a fresh run without --ckpt_path\n"
+    )
+
+
 def test_ckpt_path_last_on_a_finished_run_keeps_its_totals(finished_run, tmp_path):
     data, _ = finished_run
     root = work = tmp_path / "runs"

@@ -140,3 +140,19 @@ def test_the_datamodule_groups_the_same_batches_in_the_same_order(tiny_data_dir)
         assert torch.equal(x1, x8) and torch.equal(y1, y8)
     with pytest.raises(FashionConvError, match="steps_per_call must be at least 1"):
         FashionMNISTDataModule(tiny_data_dir, steps_per_call=0)
+
+
+def test_a_grouping_datamodule_refuses_trainer_settings_that_count_single_batches(tiny_data_dir):
+    import lightning as L
+
+    from fashion_conv import FashionClassifier
+
+    trainer = L.Trainer(max_epochs=1, gradient_clip_val=0.5, accumulate_grad_batches=2, limit_train_batches=3, val_check_interval=0.5,
+                        overfit_batches=0.5, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    with pytest.raises(FashionConvError) as info:
+        trainer.fit(FashionClassifier("mlp"), datamodule=FashionMNISTDataModule(tiny_data_dir, val_size=20, steps_per_call=4))
+    assert str(info.value) == (
+        "--data.steps_per_call 4 cannot run with --trainer.gradient_clip_val, --trainer.accumulate_grad_batches, "
+        "--trainer.limit_train_batches, --trainer.val_check_interval, --trainer.overfit_batches: they count single batches; "
+        "use --data.steps_per_call 1"
+    )
