@@ -156,3 +156,27 @@ def test_a_grouping_datamodule_refuses_trainer_settings_that_count_single_batche
         "--trainer.limit_train_batches, --trainer.val_check_interval, --trainer.overfit_batches: they count single batches; "
         "use --data.steps_per_call 1"
     )
+
+
+@pytest.mark.parametrize("where", ["callback", "module"])
+@pytest.mark.parametrize("hook", ["on_before_backward", "on_after_backward", "on_before_optimizer_step", "backward"])
+def test_grouped_steps_call_each_hook_that_a_callback_or_the_module_overrides(tiny_data_dir, where, hook):
+    import lightning as L
+
+    from fashion_conv import FashionClassifier
+
+    if where == "callback" and hook == "backward":
+        pytest.skip("backward is a LightningModule hook only")
+    calls = []
+
+    def record(self, *args, **kwargs):
+        calls.append(hook)
+        if hook == "backward":
+            args[0].backward()  # the loss: what Lightning's own backward does
+
+    callbacks = [type("Hooked", (L.Callback,), {hook: record})()] if where == "callback" else []
+    model = (FashionClassifier if where == "callback" else type("Hooked", (FashionClassifier,), {hook: record}))("mlp", backbone_kwargs={"hidden": 8})
+    trainer = L.Trainer(max_epochs=1, callbacks=callbacks, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=0)  # fmt: skip
+    trainer.fit(model, datamodule=FashionMNISTDataModule(tiny_data_dir, val_size=20, batch_size=10, steps_per_call=4))
+    assert trainer.global_step == 10 and calls == [hook] * 10  # once a step, as with one batch a call
