@@ -156,6 +156,9 @@ def test_a_grouping_datamodule_refuses_trainer_settings_that_count_single_batche
         "--trainer.limit_train_batches, --trainer.val_check_interval, --trainer.overfit_batches: they count single batches; "
         "use --data.steps_per_call 1"
     )
+    quick = L.Trainer(fast_dev_run=True, logger=False, enable_progress_bar=False, enable_model_summary=False)
+    with pytest.raises(FashionConvError, match=r"with --trainer.limit_train_batches, --trainer.fast_dev_run: they count"):
+        quick.fit(FashionClassifier("mlp"), datamodule=FashionMNISTDataModule(tiny_data_dir, val_size=20, steps_per_call=4))
 
 
 @pytest.mark.parametrize("where", ["callback", "module"])
