@@ -38,7 +38,24 @@ def finished_run(tmp_path_factory, make_tiny_data):
     return tmp, tmp / "lightning_logs" / "mlp" / "version_0"
 
 
+def hparams_tab(run) -> dict:
+    """The HPARAMS tab's columns of a run folder, read from its event files."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    hparams = {}
+    for events in run.glob("events.out.tfevents.*"):
+        for event in EventFileLoader(str(events)).Load():
+            for value in event.summary.value:
+                if value.tag == "_hparams_/session_start_info":
+                    data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
+                    for name, v in data.session_start_info.hparams.items():
+                        hparams[name] = getattr(v, v.WhichOneof("kind"))
+    return hparams
+
+
 def test_outputs(finished_run):
+    # The first test of the shared run, so mutmut credits the run's own code to it: it checks all the run writes.
     _, run = finished_run
     names = {p.name for p in run.iterdir()}
     assert {"metrics.json", "model.pth", "config.yaml", "hparams.yaml", "checkpoints"} <= names
@@ -49,6 +66,15 @@ def test_outputs(finished_run):
     assert metrics["backbone"] == "mlp" and metrics["params"] == 203_530 and metrics["epochs"] == 2
     assert metrics["seed"] == 42 and 0 <= metrics["test_acc"] <= 1
     assert "seed_everything: 42" in (run / "config.yaml").read_text()
+    best = torch.load(metrics["best_checkpoint"], weights_only=True)["state_dict"]
+    pth = torch.load(run / "model.pth", weights_only=True)  # the tested (best) backbone's weights
+    assert pth.keys() == {k.removeprefix("backbone.") for k in best if k.startswith("backbone.")}
+    assert all(torch.equal(v, best[f"backbone.{k}"]) for k, v in pth.items())
+    assert hparams_tab(run) == {
+        "backbone": "mlp", "params": 203_530, "seed": 42, "precision": "32-true", "epochs": 2, "lr": 1e-3, "lr_schedule": "none",
+        "weight_decay": 0, "label_smoothing": 0, "tta_hflip": False, "batch_size": 16, "random_shift": 0, "hflip": False, "random_erasing": 0,
+        "recipe": "Adam lr 0.001, batch 16, 32-true",
+    }  # fmt: skip
 
 
 def test_summary_is_printed(tiny_data_dir, tmp_path, capsys):
@@ -67,18 +93,7 @@ def test_tensorboard_run(finished_run):
 
 
 def test_hparams_tab_lists_the_recipe(finished_run):
-    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
-    from tensorboard.plugins.hparams import plugin_data_pb2
-
-    _, run = finished_run
-    hparams = {}
-    for events in run.glob("events.out.tfevents.*"):
-        for event in EventFileLoader(str(events)).Load():
-            for value in event.summary.value:
-                if value.tag == "_hparams_/session_start_info":
-                    data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
-                    for name, v in data.session_start_info.hparams.items():
-                        hparams[name] = getattr(v, v.WhichOneof("kind"))
+    hparams = hparams_tab(finished_run[1])
     assert hparams["backbone"] == "mlp" and hparams["lr_schedule"] == "none" and not hparams["tta_hflip"]
     assert hparams["batch_size"] == 16 and hparams["random_shift"] == 0 and hparams["weight_decay"] == 0
 
