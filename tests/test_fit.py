@@ -51,6 +51,7 @@ def hparams_tab(run) -> dict:
                     data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
                     for name, v in data.session_start_info.hparams.items():
                         hparams[name] = getattr(v, v.WhichOneof("kind"))
+                    hparams["(trial)"] = data.session_start_info.group_name
     return hparams
 
 
@@ -73,8 +74,13 @@ def test_outputs(finished_run):
     assert hparams_tab(run) == {
         "backbone": "mlp", "params": 203_530, "seed": 42, "precision": "32-true", "epochs": 2, "lr": 1e-3, "lr_schedule": "none",
         "weight_decay": 0, "label_smoothing": 0, "tta_hflip": False, "batch_size": 16, "random_shift": 0, "hflip": False, "random_erasing": 0,
-        "recipe": "Adam lr 0.001, batch 16, 32-true",
+        "recipe": "Adam lr 0.001, batch 16, 32-true", "(trial)": "mlp/version_0",
     }  # fmt: skip
+    events = EventAccumulator(str(run))
+    events.Reload()
+    steps = 2 * 7  # 2 epochs of 100 images in batches of 16
+    for tag, value in (("hp/val_acc", metrics["val_acc"]), ("hp/test_acc", metrics["test_acc"])):
+        assert [(e.step, e.value) for e in events.Scalars(tag)] == [(steps, pytest.approx(value))], tag
 
 
 def test_summary_is_printed(tiny_data_dir, tmp_path, capsys):
