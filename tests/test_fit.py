@@ -253,3 +253,15 @@ def test_a_class_path_run_resumes_when_named_again(tiny_data_dir, tmp_path):
     # The checkpoint names a class path; --model.backbone names it too, which is the consent to import it.
     assert main(fit_args(tiny_data_dir, tmp_path, *tiny, "--trainer.max_epochs", "2", "--ckpt_path", "last")) == 0
     assert json.loads((tmp_path / "lightning_logs" / "TinyNet" / "version_0" / "metrics.json").read_text())["epochs"] == 2
+
+
+def test_each_run_reserves_the_next_free_version_folder(tmp_path, monkeypatch):
+    from fashion_conv.fit import _VERSION_ENV, reserve_version
+
+    monkeypatch.setenv(_VERSION_ENV, "")  # restored afterwards: reserve_version sets it for DDP workers
+    runs = tmp_path / "lightning_logs" / "mlp"
+    assert reserve_version(runs) == "version_0"
+    (runs / "version_7").mkdir()
+    (runs / "version_x").mkdir()  # not a number: ignored
+    assert reserve_version(runs) == "version_8" and reserve_version(runs) == "version_9"
+    assert sorted(p.name for p in runs.iterdir()) == ["version_0", "version_7", "version_8", "version_9", "version_x"]
