@@ -6,6 +6,7 @@ needed); ``setup(stage)`` parses them (cached) and builds the train/validation s
 
 from __future__ import annotations
 
+import math
 from functools import partial
 from pathlib import Path
 
@@ -56,6 +57,11 @@ def _batch_as_is(batch):
 class BatchGroup(list):
     """Consecutive training batches ``[(x, y), ...]`` handed to one ``training_step`` call (``steps_per_call``): a
     type of its own, so that it is never taken for a collated ``[x, y]`` batch (Lightning keeps the type on transfer)."""
+
+
+def steps_per_epoch(loader: DataLoader, group: int) -> int:
+    """Optimizer steps (batches of ``batch_size``) in one pass over a training loader whose calls take ``group`` each."""
+    return math.ceil(len(loader.sampler) / (loader.batch_size // group))
 
 
 def _split_batches(batch, batch_size: int) -> BatchGroup:
@@ -121,7 +127,7 @@ class FashionMNISTDataModule(L.LightningDataModule):
             ``batch_size`` (the same batches in the same order); ``FashionClassifier`` then takes one optimizer step
             per batch, so Lightning's fixed cost per call is paid once per group. 1 (the default): plain ``(x, y)``
             batches, as any LightningModule expects. ``None`` means 1 here; ``python -m fashion_conv.fit`` resolves
-            it to 8 where the trainer settings allow (see ``module.steps_per_call_conflicts``).
+            it to 16 where the trainer settings allow (see ``module.steps_per_call_conflicts``).
     """
 
     def __init__(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import math
 from typing import Any, Literal, Mapping
 
 import torch
@@ -16,6 +15,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
+from fashion_conv.datamodule import steps_per_epoch
 from fashion_conv.backbones import _REGISTRY, build_backbone, count_parameters
 from fashion_conv.errors import FashionConvError
 from fashion_conv.weights import checkpoint_backbone, flip_tta, read_weights_file
@@ -38,8 +38,8 @@ def _with_num_classes(backbone: str, kwargs: dict, num_classes: int) -> dict:
 
 def steps_per_call_conflicts(trainer: Mapping[str, Any]) -> list[str]:
     """The trainer settings (``Trainer`` arguments by name) that count single batches, so they cannot run with
-    ``steps_per_call > 1``: Lightning clips and accumulates only under automatic optimization, and the batch limits
-    and validation intervals would count groups. Empty when a group of batches trains exactly like its batches."""
+    ``steps_per_call > 1``: Lightning clips and accumulates only under automatic optimization, the batch limits and
+    validation intervals would count groups, and ``max_steps`` would end a group early. Empty when a group of batches trains exactly like its batches."""
     get = trainer.get
     conflicts = []
     if get("gradient_clip_val"):
@@ -53,6 +53,8 @@ def steps_per_call_conflicts(trainer: Mapping[str, Any]) -> list[str]:
     for name in ("overfit_batches", "fast_dev_run"):
         if get(name):
             conflicts.append(name)
+    if get("max_steps") not in (None, -1):  # stopping inside a group would end the epoch's call, and so validate
+        conflicts.append("max_steps")
     return conflicts
 
 
@@ -65,6 +67,7 @@ def _trainer_settings(trainer) -> dict[str, Any]:
         "val_check_interval": trainer.val_check_interval,
         "overfit_batches": trainer.overfit_batches,
         "fast_dev_run": trainer.fast_dev_run,
+        "max_steps": trainer.max_steps,
     }
 
 
@@ -219,8 +222,6 @@ class FashionClassifier(LightningModule):
         loss = None
         for x, y in batches:
             step = self.global_step
-            if 0 <= trainer.max_steps <= step:
-                break
             logits = self(x)
             loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing)
             lr = optimizer.param_groups[0]["lr"]
@@ -329,6 +330,4 @@ class FashionClassifier(LightningModule):
         loader = trainer.train_dataloader if group > 1 else None
         if loader is None:
             return calls
-        per_epoch = math.ceil(len(loader.sampler) / (loader.batch_size // group))
-        total = per_epoch * trainer.max_epochs if trainer.max_epochs >= 0 else math.inf
-        return int(min(total, trainer.max_steps if trainer.max_steps >= 0 else math.inf))
+        return steps_per_epoch(loader, group) * trainer.max_epochs  # max_steps never runs with groups

@@ -29,6 +29,7 @@ SKIPPED = {
     "python -m fashion_conv.experiments --preset full --ray-address auto": "needs that Ray cluster, and hours",
     "bash scripts/setup.sh test && .venv/bin/python -m pytest": "runs this test suite; CI runs exactly this",
     "python -m fashion_conv.fit --trainer.accelerator gpu --trainer.devices 1": "needs a GPU",
+    "python scripts/step_cost.py --repeats 3": "15 full-data epochs; test_speed.py runs it on tiny data",
 }
 SETUP = "bash scripts/setup.sh && "  # installs packages and the real data: CI runs it before the tests
 MY_NET = """from torch import nn
@@ -72,7 +73,7 @@ def scratch(tmp_path: Path) -> dict:
     """A fresh-clone-like folder: tiny data, the README's docs and configs, ``python`` that shortens fits."""
     for split, n, seed in (("train", 400, 1), ("test", 200, 2)):
         write_csv(tmp_path / "data" / "processed" / f"fashion-mnist-{split}.csv", *tiny_arrays(n, seed))
-    for name in ("docs", "configs"):
+    for name in ("docs", "configs", "scripts"):
         (tmp_path / name).symlink_to(REPO / name)
     (tmp_path / "my_pkg").mkdir()
     (tmp_path / "my_pkg" / "__init__.py").write_text("")

@@ -24,8 +24,9 @@ pytestmark = pytest.mark.slow
 
 
 def fit_args(data_dir, root, *extra):
+    """A tiny cnn5 run: 13 batches of 8 an epoch, taken 2 a call (7 calls), so PauseAt's batch counts calls."""
     return [
-        "--data.data_dir", str(data_dir), "--data.val_size", "20", "--data.batch_size", "8",
+        "--data.data_dir", str(data_dir), "--data.val_size", "20", "--data.batch_size", "8", "--data.steps_per_call", "2",
         "--trainer.default_root_dir", str(root), "--trainer.enable_progress_bar", "false",
         "--trainer.enable_model_summary", "false", "--trainer.max_epochs", "3", "--model.backbone", "cnn5", *extra,
     ]  # fmt: skip
@@ -83,7 +84,7 @@ def assert_same_run(root, reference_weights):
 def test_sigkill_mid_epoch_twice_then_resume_is_bit_exact(reference, tmp_path):
     data, ref = reference
     root = tmp_path / "runs"
-    for epoch, batch in ((1, 5), (2, 3)):  # killed during epoch 2 of 3, then during epoch 3
+    for epoch, batch in ((1, 5), (2, 3)):  # killed during epoch 2 of 3 (call 5: steps 10-11), then during epoch 3
         marker = tmp_path / f"paused-{epoch}"
         proc = start(fit_args(data, root, "--ckpt_path", "last", *pause_at(epoch, batch, marker)), tmp_path)
         wait_for(marker, proc)
@@ -107,7 +108,7 @@ def test_sigterm_saves_and_exits_then_resumes_exactly(reference, tmp_path):
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, out
     assert "Stopped by SIGTERM" in out and "Traceback" not in out
-    assert last_weights(root)[1:] == (13 + 4, 1)  # saved before batch 4 of epoch 1 ran
+    assert last_weights(root)[1:] == (13 + 8, 1)  # saved before call 4 (steps 8 and 9) of epoch 1 ran
     assert main(fit_args(data, root, "--ckpt_path", "last")) == 0
     assert_same_run(root, ref)
 

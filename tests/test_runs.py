@@ -210,9 +210,9 @@ def test_runs_started_together_get_their_own_folders(tiny_data_dir, tmp_path):
 @pytest.mark.slow
 def test_ctrl_c_mid_epoch_checkpoints_and_reports_nothing(tiny_data_dir, tmp_path):
     marker = tmp_path / "paused"
-    pause = ["--trainer.callbacks+=nets.PauseAt", "--trainer.callbacks.epoch=1", "--trainer.callbacks.batch=4",
+    pause = ["--trainer.callbacks+=nets.PauseAt", "--trainer.callbacks.epoch=1", "--trainer.callbacks.batch=1",  # steps 8-12
              f"--trainer.callbacks.marker={marker}", "--trainer.callbacks.seconds=3"]  # fmt: skip
-    args = fit_args(tiny_data_dir, tmp_path / "runs", "--trainer.max_epochs", "2", *pause)
+    args = fit_args(tiny_data_dir, tmp_path / "runs", "--trainer.max_epochs", "2", "--data.steps_per_call", "8", *pause)
     proc = subprocess.Popen([PYTHON, "-m", "fashion_conv.fit", *args], cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 120
     while not marker.exists():

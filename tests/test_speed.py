@@ -112,20 +112,22 @@ def test_benchmark_needs_the_data(tmp_path, capsys):
     assert capsys.readouterr().err.startswith(f"error: --data-dir: {tmp_path}/processed/fashion-mnist-train.csv")
 
 
+@pytest.mark.parametrize("group", [1, 4])
 @pytest.mark.parametrize("backbone", ["mlp", "cnn"])
-def test_fit_trains_the_weights_a_plain_loop_trains(tiny_data_dir, backbone):
-    """The whole fast path (fused Adam, channels-last, batches cut from uint8, Lightning's loop) against a hand-written
-    loop with the default per-tensor Adam over the same batches: the same weights to float rounding."""
+def test_fit_trains_the_weights_a_plain_loop_trains(tiny_data_dir, backbone, group):
+    """The whole fast path (fused Adam, channels-last, batches cut from uint8, Lightning's loop, one batch or groups of
+    4 a call) against a hand-written loop with the default per-tensor Adam over the same batches: the same weights to
+    float rounding."""
     import lightning as L
 
     L.seed_everything(7)
     model = FashionClassifier(backbone=backbone)
     start = {k: v.clone() for k, v in model.backbone.state_dict().items()}
-    data = FashionMNISTDataModule(tiny_data_dir, val_size=20, batch_size=16, shuffle_seed=3)
+    data = FashionMNISTDataModule(tiny_data_dir, val_size=20, batch_size=16, shuffle_seed=3, steps_per_call=group)
     trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, limit_val_batches=0)  # fmt: skip
     trainer.fit(model, datamodule=data)
-    assert trainer.optimizers[0].defaults["fused"] is True
+    assert trainer.optimizers[0].defaults["fused"] is True and model.automatic_optimization is (group == 1)
 
     net = build_backbone(backbone)
     net.load_state_dict(start)
@@ -146,3 +148,18 @@ def test_fit_trains_the_weights_a_plain_loop_trains(tiny_data_dir, backbone):
         # Rounding differences (fused kernel, NHWC convs) grow where Adam divides a near-zero gradient by its
         # near-zero scale; one step moves a weight by lr = 1e-3, so 1e-4 still tells a wrong batch apart.
         assert torch.allclose(trained[k], v, rtol=0, atol=1e-4), k
+
+
+@pytest.mark.slow
+def test_step_cost_prints_a_row_per_variant(tiny_data_dir):
+    """scripts/step_cost.py, the README's per-step breakdown, end to end on tiny data (5 fresh processes)."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "step_cost.py"), "--repeats", "1", "--data-dir", str(tiny_data_dir),
+                           "--val-size", "20"], capture_output=True, text=True, cwd=tiny_data_dir.parent)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line.split(" | ")[0].lstrip("| ") for line in proc.stdout.splitlines() if line.startswith("| ") and "---" not in line]
+    assert rows == ["variant", "plain", "one-batch-setattr", "one-batch", "group-hooks", "fit"]

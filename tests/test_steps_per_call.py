@@ -1,4 +1,4 @@
-"""Grouped calls (``--data.steps_per_call N``, fit's default 8) train exactly like one batch a call.
+"""Grouped calls (``--data.steps_per_call N``, fit's default 16) train exactly like one batch a call.
 
 fit hands each ``training_step`` a list of batches so that Lightning's fixed cost a call is paid once per group. These
 tests run the same tiny fit both ways and compare everything a user sees: the final weights, every TensorBoard scalar
@@ -52,11 +52,11 @@ def assert_same_run(grouped: dict, single: dict) -> None:
     assert g["test_loss"] == pytest.approx(s["test_loss"], rel=1e-5)
 
 
-# 100 training rows in batches of 8: 13 a epoch (12 of 8, one of 4), so groups of 8 leave a part-group of 5.
+# 100 training rows in batches of 8: 13 a epoch (12 of 8, one of 4), all in one call of the default 16.
 CASES = {
     "defaults": [],
     "onecycle+augment": ["--model.lr_schedule", "onecycle", "--data.random_shift", "2", "--data.hflip", "true"],
-    "max_steps=30": ["--trainer.max_steps", "30"],  # stops inside the third epoch's first group
+    "adamw+smoothing": ["--model.weight_decay", "0.01", "--model.label_smoothing", "0.1"],
 }
 
 
@@ -66,8 +66,6 @@ def test_grouped_calls_train_and_log_exactly_like_one_batch_a_call(case, tmp_pat
     grouped = fit_tiny(data, tmp_path / "grouped", *CASES[case])  # the default, STEPS_PER_CALL
     single = fit_tiny(data, tmp_path / "single", *CASES[case], "--data.steps_per_call", "1")
     assert_same_run(grouped, single)
-    if case == "max_steps=30":
-        assert single["last"]["global_step"] == 30
     assert grouped["scalars"]["train/loss"][0][0] == 2  # step 2 is the 3rd: log_every_n_steps=3 counts steps, not calls
     assert (tmp_path / "grouped" / "lightning_logs" / "mlp" / "version_0" / "config.yaml").read_text().count(
         f"steps_per_call: {STEPS_PER_CALL}"
@@ -112,12 +110,16 @@ def test_settings_that_count_single_batches_fall_back_to_one_batch_a_call_or_are
     assert steps_per_call_conflicts({"limit_train_batches": 1.0, "val_check_interval": 1.0, "accumulate_grad_batches": 1}) == []
     assert steps_per_call_conflicts(
         {"gradient_clip_val": 0.5, "accumulate_grad_batches": 2, "limit_train_batches": 3, "val_check_interval": 0.5,
-         "overfit_batches": 1, "fast_dev_run": True}
-    ) == ["gradient_clip_val", "accumulate_grad_batches", "limit_train_batches", "val_check_interval", "overfit_batches", "fast_dev_run"]  # fmt: skip
+         "overfit_batches": 1, "fast_dev_run": True, "max_steps": 30}
+    ) == ["gradient_clip_val", "accumulate_grad_batches", "limit_train_batches", "val_check_interval", "overfit_batches",
+          "fast_dev_run", "max_steps"]  # fmt: skip
+    assert steps_per_call_conflicts({"max_steps": -1, "gradient_clip_val": 0}) == []  # Lightning's "off" values
     assert steps_per_call_conflicts({"limit_train_batches": 1}) == ["limit_train_batches"]  # an int counts batches
     data = make_tiny_data(tmp_path / "data")
     clipped = fit_tiny(data, tmp_path / "a", "--trainer.gradient_clip_val", "0.5", "--trainer.max_epochs", "1")
     assert clipped["last"]["datamodule_hyper_parameters"]["steps_per_call"] == 1  # fell back: Lightning clips
+    stopped = fit_tiny(data, tmp_path / "c", "--trainer.max_steps", "20")
+    assert stopped["last"]["datamodule_hyper_parameters"]["steps_per_call"] == 1 and stopped["last"]["global_step"] == 20
     capsys.readouterr()
     with pytest.raises(AssertionError):
         fit_tiny(data, tmp_path / "b", "--trainer.gradient_clip_val", "0.5", "--data.steps_per_call", "4")
@@ -142,6 +144,24 @@ def test_the_datamodule_groups_the_same_batches_in_the_same_order(tiny_data_dir)
         FashionMNISTDataModule(tiny_data_dir, steps_per_call=0)
 
 
+def test_the_progress_bar_counts_batches_not_calls(tmp_path, make_tiny_data, capfd):
+    data = make_tiny_data(tmp_path / "data")
+    args = [
+        "--data.data_dir", str(data), "--data.val_size", "20", "--data.batch_size", "8", "--trainer.max_epochs", "1",
+        "--trainer.default_root_dir", str(tmp_path), "--model.backbone", "mlp", "--model.backbone_kwargs", '{"hidden": 8}',
+        "--explain_figures", "false", "--trainer.callbacks+=fashion_conv.progress.StepProgressBar",
+        "--trainer.callbacks.refresh_rate=5", "--data.steps_per_call", "8",
+    ]  # fmt: skip
+    capfd.readouterr()
+    assert main(args) == 0
+    out, err = capfd.readouterr()  # Lightning draws its bar on stdout
+    assert "smaller than the logging interval" not in err  # Lightning counts the 2 calls; 13 steps are what log
+    frames = [part for line in out.splitlines() for part in line.split("\r")]
+    counts = [part.split("|")[2].split("[")[0].strip() for part in frames if part.startswith("Epoch 0:") and part.count("|") >= 2]
+    assert counts and counts[0] == "0/13" and counts[-1] == "13/13"  # 13 batches of 8, in 2 calls (8 + 5)
+    assert "8/13" in counts and "5/13" not in counts  # redrawn where a call crossed a multiple of 5 steps
+
+
 def test_a_grouping_datamodule_refuses_trainer_settings_that_count_single_batches(tiny_data_dir):
     import lightning as L
 
@@ -157,7 +177,7 @@ def test_a_grouping_datamodule_refuses_trainer_settings_that_count_single_batche
         "use --data.steps_per_call 1"
     )
     quick = L.Trainer(fast_dev_run=True, logger=False, enable_progress_bar=False, enable_model_summary=False)
-    with pytest.raises(FashionConvError, match=r"with --trainer.limit_train_batches, --trainer.fast_dev_run: they count"):
+    with pytest.raises(FashionConvError, match=r"with --trainer.limit_train_batches, --trainer.fast_dev_run, --trainer.max_steps: they count"):
         quick.fit(FashionClassifier("mlp"), datamodule=FashionMNISTDataModule(tiny_data_dir, val_size=20, steps_per_call=4))
 
 
