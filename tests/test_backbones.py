@@ -70,3 +70,77 @@ def test_load_backbone_round_trip(tmp_path):
     assert torch.equal(loaded(x), net.eval()(x))
     with pytest.raises(FashionConvError, match="do not fit backbone 'mlp'"):
         load_backbone(tmp_path / "model.pth", "mlp")
+
+
+def test_a_registered_builder_is_built_by_its_name():
+    from fashion_conv.backbones import _REGISTRY
+
+    register_backbone("test-only-identity")(nn.Identity)
+    try:
+        assert isinstance(build_backbone("test-only-identity"), nn.Identity)
+    finally:
+        del _REGISTRY["test-only-identity"]
+
+
+def test_load_backbone_passes_its_kwargs_on(tmp_path):
+    torch.save(build_backbone("convnet", hidden=0).state_dict(), tmp_path / "model.pth")
+    assert count_parameters(load_backbone(tmp_path / "model.pth", "convnet", hidden=0)) == 50_186
+
+
+def plain_forward(name: str, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The notebook's networks written out with torch.nn.functional, on ``net``'s weights."""
+    import torch.nn.functional as F
+
+    w = net.state_dict()
+    if name == "mlp":
+        return F.linear(F.relu(F.linear(x.flatten(1), w["model.1.weight"], w["model.1.bias"])), w["model.3.weight"], w["model.3.bias"])
+    if name == "cnn5":
+        h = F.max_pool2d(F.relu(F.conv2d(x, w["conv.0.weight"], w["conv.0.bias"], padding=2)), 2)  # (B, 32, 14, 14)
+        return F.linear(h.flatten(1), w["fc.1.weight"], w["fc.1.bias"])
+    h = F.max_pool2d(F.relu(F.conv2d(x, w["conv.0.weight"], w["conv.0.bias"], padding=1)), 2)  # (B, 32, 14, 14)
+    h = F.max_pool2d(F.relu(F.conv2d(h, w["conv.3.weight"], w["conv.3.bias"], padding=1)), 2)  # (B, 64, 7, 7)
+    return F.linear(F.relu(F.linear(h.flatten(1), w["fc.1.weight"], w["fc.1.bias"])), w["fc.3.weight"], w["fc.3.bias"])
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn", "cnn5", "convnet"])
+def test_the_notebook_networks_compute_what_they_say(name):
+    torch.manual_seed(0)
+    net, x = build_backbone(name), torch.rand(4, 1, 28, 28) - 0.5  # negative inputs too, so a missing ReLU shows
+    assert torch.allclose(net(x), plain_forward("cnn" if name == "convnet" else name, net, x), atol=1e-5)
+
+
+def test_convnet_defaults_build_cnn():
+    convnet, cnn = build_backbone("convnet"), build_backbone("cnn")
+    assert count_parameters(convnet) == NOTEBOOK_PARAMS["cnn"] and list(convnet.state_dict()) == list(cnn.state_dict())
+
+
+@pytest.mark.parametrize(
+    "kwargs,layers,params",
+    [
+        ({"kernel_size": 1, "channels": [1]}, ["Conv2d", "ReLU", "MaxPool2d"], 2 + 196 * 128 + 128 + 1290),
+        ({"kernel_size": 5, "channels": [4, 8], "pooling": "avg", "hidden": 0}, ["Conv2d", "ReLU", "AvgPool2d"] * 2, 104 + 808 + 3930),
+        ({"channels": [2], "pooling": "none", "hidden": 3}, ["Conv2d", "ReLU"], 20 + 1568 * 3 + 3 + 40),
+    ],
+)  # fmt: skip
+def test_convnet_options_build_the_layers_they_name(kwargs, layers, params):
+    net = build_backbone("convnet", **kwargs)
+    assert [type(m).__name__ for m in net.conv] == layers and count_parameters(net) == params
+    assert net(torch.rand(2, 1, 28, 28)).shape == (2, 10)  # 'same' padding and the feature count agree
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"kernel_size": 0}, "kernel_size must be odd and positive ('same' padding), got 0"),
+        ({"kernel_size": 2}, "kernel_size must be odd and positive ('same' padding), got 2"),
+        ({"pooling": "min"}, "pooling must be one of max, avg, none, got 'min'"),
+        ({"channels": []}, "channels must be a non-empty list of positive counts, got []"),
+        ({"channels": [4, 0]}, "channels must be a non-empty list of positive counts, got [4, 0]"),
+    ],
+)
+def test_convnet_refuses_bad_options_with_one_clear_message(kwargs, message):
+    from fashion_conv.backbones import ConvNet
+
+    with pytest.raises(ValueError) as info:
+        ConvNet(**kwargs)
+    assert str(info.value) == message

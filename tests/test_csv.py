@@ -179,7 +179,7 @@ EXACT = [
 ]
 
 
-@pytest.mark.parametrize("raw,line,column,problem", EXACT, ids=[f"{i}-{e[3][:30]}" for i, e in enumerate(EXACT)])
+@pytest.mark.parametrize("raw,line,column,problem", EXACT, ids=[f"{i}-{e[3][:30].encode('ascii', 'replace').decode()}" for i, e in enumerate(EXACT)])
 def test_bad_input_exact_message(tmp_path, raw, line, column, problem):
     path = write(tmp_path, raw)
     with pytest.raises(DataError) as info:

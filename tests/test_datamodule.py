@@ -211,3 +211,11 @@ def test_missing_data_messages_name_the_path(tmp_path):
     with pytest.raises(FashionConvError) as info:
         FashionMNISTDataModule(data_dir=tmp_path).setup("fit")
     assert str(info.value).startswith(f"{tmp_path / 'processed' / 'fashion-mnist-train.csv'} not found; run ")
+
+
+@pytest.mark.parametrize("download,mirror", [(True, None), (False, "")])
+def test_prepare_data_passes_the_download_choice_as_the_mirror(tmp_path, monkeypatch, download, mirror):
+    calls = []
+    monkeypatch.setattr(datamodule_module, "prepare_data", lambda *args, **kwargs: calls.append((args, kwargs)))
+    FashionMNISTDataModule(data_dir=tmp_path, download=download).prepare_data()
+    assert calls == [((tmp_path,), {"mirror": mirror})]  # None: the default mirror; "": never download

@@ -1,5 +1,6 @@
 """``python -m fashion_conv.fit`` end to end on tiny data: outputs, TensorBoard, reloads, resume, bad command lines."""
 
+import argparse
 import json
 
 import pytest
@@ -37,7 +38,25 @@ def finished_run(tmp_path_factory, make_tiny_data):
     return tmp, tmp / "lightning_logs" / "mlp" / "version_0"
 
 
+def hparams_tab(run) -> dict:
+    """The HPARAMS tab's columns of a run folder, read from its event files."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    hparams = {}
+    for events in run.glob("events.out.tfevents.*"):
+        for event in EventFileLoader(str(events)).Load():
+            for value in event.summary.value:
+                if value.tag == "_hparams_/session_start_info":
+                    data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
+                    for name, v in data.session_start_info.hparams.items():
+                        hparams[name] = getattr(v, v.WhichOneof("kind"))
+                    hparams["(trial)"] = data.session_start_info.group_name
+    return hparams
+
+
 def test_outputs(finished_run):
+    # The first test of the shared run, so mutmut credits the run's own code to it: it checks all the run writes.
     _, run = finished_run
     names = {p.name for p in run.iterdir()}
     assert {"metrics.json", "model.pth", "config.yaml", "hparams.yaml", "checkpoints"} <= names
@@ -48,6 +67,20 @@ def test_outputs(finished_run):
     assert metrics["backbone"] == "mlp" and metrics["params"] == 203_530 and metrics["epochs"] == 2
     assert metrics["seed"] == 42 and 0 <= metrics["test_acc"] <= 1
     assert "seed_everything: 42" in (run / "config.yaml").read_text()
+    best = torch.load(metrics["best_checkpoint"], weights_only=True)["state_dict"]
+    pth = torch.load(run / "model.pth", weights_only=True)  # the tested (best) backbone's weights
+    assert pth.keys() == {k.removeprefix("backbone.") for k in best if k.startswith("backbone.")}
+    assert all(torch.equal(v, best[f"backbone.{k}"]) for k, v in pth.items())
+    assert hparams_tab(run) == {
+        "backbone": "mlp", "params": 203_530, "seed": 42, "precision": "32-true", "epochs": 2, "lr": 1e-3, "lr_schedule": "none",
+        "weight_decay": 0, "label_smoothing": 0, "tta_hflip": False, "batch_size": 16, "random_shift": 0, "hflip": False, "random_erasing": 0,
+        "recipe": "Adam lr 0.001, batch 16, 32-true", "(trial)": "mlp/version_0",
+    }  # fmt: skip
+    events = EventAccumulator(str(run))
+    events.Reload()
+    steps = 2 * 7  # 2 epochs of 100 images in batches of 16
+    for tag, value in (("hp/val_acc", metrics["val_acc"]), ("hp/test_acc", metrics["test_acc"])):
+        assert [(e.step, e.value) for e in events.Scalars(tag)] == [(steps, pytest.approx(value))], tag
 
 
 def test_summary_is_printed(tiny_data_dir, tmp_path, capsys):
@@ -66,18 +99,7 @@ def test_tensorboard_run(finished_run):
 
 
 def test_hparams_tab_lists_the_recipe(finished_run):
-    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
-    from tensorboard.plugins.hparams import plugin_data_pb2
-
-    _, run = finished_run
-    hparams = {}
-    for events in run.glob("events.out.tfevents.*"):
-        for event in EventFileLoader(str(events)).Load():
-            for value in event.summary.value:
-                if value.tag == "_hparams_/session_start_info":
-                    data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
-                    for name, v in data.session_start_info.hparams.items():
-                        hparams[name] = getattr(v, v.WhichOneof("kind"))
+    hparams = hparams_tab(finished_run[1])
     assert hparams["backbone"] == "mlp" and hparams["lr_schedule"] == "none" and not hparams["tta_hflip"]
     assert hparams["batch_size"] == 16 and hparams["random_shift"] == 0 and hparams["weight_decay"] == 0
 
@@ -152,9 +174,10 @@ def test_unparsable_command_lines_give_one_line(tiny_data_dir, tmp_path, capsys,
     assert len(err) == 1 and message in err[0]
 
 
-def test_missing_data_dir(tmp_path, capsys):
+def test_a_missing_data_dir_is_one_error_and_leaves_no_run_folder(tmp_path, capsys):
     assert main(fit_args(tmp_path / "nope", tmp_path)) == 1
     assert "does not exist" in capsys.readouterr().err
+    assert (tmp_path / "lightning_logs" / "mlp").is_dir() and not list(tmp_path.glob("lightning_logs/mlp/*"))  # its version_0 is removed
 
 
 def test_a_bad_csv_stops_fit_with_file_line_and_column(tiny_data_dir, tmp_path, capsys):
@@ -168,3 +191,77 @@ def test_a_bad_csv_stops_fit_with_file_line_and_column(tiny_data_dir, tmp_path, 
     err = capsys.readouterr().err.strip()
     assert err.endswith(f"error: {csv}, line 8, column 13: pixel12 is 'NaN', expected an integer in 0-255"), err
     assert not (tmp_path / "lightning_logs").exists() or not list((tmp_path / "lightning_logs").rglob("*.ckpt"))
+
+
+def test_short_parse_error_says_option_value_and_choices_in_one_line():
+    from fashion_conv.fit import short_parse_error
+
+    union = (
+        'Parser key "trainer.precision":\n  Does not validate against any of the Union subtypes\n  Errors:\n'
+        "    - Expected a typing.Literal[64, 32]\n    - Expected a typing.Literal['16-mixed', 'bf16-mixed', '32']\n"
+        "    - Expected a <class 'NoneType'>\n  Given value type: <class 'str'>\n  Given value: 7"
+    )
+    cases = {
+        union: "--trainer.precision: '7' is not one of 64, 32, 16-mixed, bf16-mixed",  # each choice once, unquoted
+        "Parser key \"data.batch_size\":\n  Expected a <class 'int'>\n  Given value: x": "--data.batch_size: Expected a <class 'int'>",
+        "Parser key \"data.batch_size\":\n  Expected a <class 'int'>. Got value: x": "--data.batch_size: Expected a <class 'int'>. Got value: x",
+        "unrecognized arguments: --nope 1\nmore": "unrecognized arguments: --nope 1",
+    }
+    for text, line in cases.items():
+        assert short_parse_error(argparse.ArgumentError(None, text)) == line
+
+
+def test_resume_last_picks_the_newest_checkpoint_not_the_highest_name(tmp_path):
+    import os
+
+    from fashion_conv.fit import find_last_checkpoint
+
+    assert find_last_checkpoint(tmp_path) is None
+    for version, mtime in (("version_9", 1_000_000), ("version_10", 2_000_000), ("version_2", 1_500_000)):
+        last = tmp_path / version / "checkpoints" / "last.ckpt"
+        last.parent.mkdir(parents=True)
+        last.touch()
+        os.utime(last, (mtime, mtime))
+    assert find_last_checkpoint(tmp_path) == tmp_path / "version_10" / "checkpoints" / "last.ckpt"
+
+
+def test_settings_compare_as_config_yaml_writes_them():
+    from fashion_conv.fit import _plain
+
+    assert _plain({"a": (1, (2, 3)), "b": [{"c": (4,)}]}) == {"a": [1, [2, 3]], "b": [{"c": [4]}]}
+
+
+def test_run_trains_with_the_extra_callbacks_it_is_given(tiny_data_dir, tmp_path):
+    from lightning import Callback
+
+    from fashion_conv.fit import run
+
+    class CountEpochs(Callback):
+        epochs = 0
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            self.epochs += 1
+
+    counter = CountEpochs()
+    summary = run(fit_args(tiny_data_dir, tmp_path, "--trainer.max_epochs", "1"), callbacks=[counter])
+    assert counter.epochs == 1 and summary["backbone"] == "mlp" and summary["epochs"] == 1
+
+
+def test_a_class_path_run_resumes_when_named_again(tiny_data_dir, tmp_path):
+    tiny = ("--model.backbone", "nets.TinyNet")
+    assert main(fit_args(tiny_data_dir, tmp_path, *tiny, "--trainer.max_epochs", "1")) == 0
+    # The checkpoint names a class path; --model.backbone names it too, which is the consent to import it.
+    assert main(fit_args(tiny_data_dir, tmp_path, *tiny, "--trainer.max_epochs", "2", "--ckpt_path", "last")) == 0
+    assert json.loads((tmp_path / "lightning_logs" / "TinyNet" / "version_0" / "metrics.json").read_text())["epochs"] == 2
+
+
+def test_each_run_reserves_the_next_free_version_folder(tmp_path, monkeypatch):
+    from fashion_conv.fit import _VERSION_ENV, reserve_version
+
+    monkeypatch.setenv(_VERSION_ENV, "")  # restored afterwards: reserve_version sets it for DDP workers
+    runs = tmp_path / "lightning_logs" / "mlp"
+    assert reserve_version(runs) == "version_0"
+    (runs / "version_7").mkdir()
+    (runs / "version_x").mkdir()  # not a number: ignored
+    assert reserve_version(runs) == "version_8" and reserve_version(runs) == "version_9"
+    assert sorted(p.name for p in runs.iterdir()) == ["version_0", "version_7", "version_8", "version_9", "version_x"]

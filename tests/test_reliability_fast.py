@@ -186,3 +186,109 @@ def test_a_mid_epoch_checkpoint_moves_the_sampler_once_by_the_batches_done():
     sampler._resume = None
     stop.on_train_start(trainer, None)  # a later fit with the same callback starts its epoch from the beginning
     assert sampler._resume is None
+
+
+def test_a_full_disk_is_one_clear_error_and_the_old_file_stays(tmp_path):
+    import errno
+
+    from fashion_conv.atomic import WriteError
+
+    target = tmp_path / "metrics.json"
+    atomic_write_text(target, "old\n")
+    with pytest.raises(WriteError) as info:
+        with atomic_path(target):
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert info.value.target == target and isinstance(info.value, OSError)
+    assert str(info.value) == f"{target}: cannot write it (No space left on device); nothing was lost: any earlier metrics.json is intact"
+    with pytest.raises(WriteError, match=r"cannot write it \(PytorchStreamWriter failed writing file data/0: file write failed\);"):
+        with atomic_path(target):  # torch.save on a full disk: the first line of its message is kept
+            raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed\nException raised from ...")
+    for other in (OSError(errno.ECONNRESET, "Connection reset"), RuntimeError("CUDA out of memory")):  # not the disk: as raised
+        with pytest.raises(type(other)) as info:
+            with atomic_path(target):
+                raise other
+        assert info.value is other
+    assert target.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_catch_signals_installs_once_in_a_single_process_and_restores():
+    from types import SimpleNamespace
+
+    from fashion_conv.checkpoints import GracefulStop
+
+    before = signal.getsignal(signal.SIGTERM)
+    GracefulStop().restore_signals()  # nothing caught: nothing to restore, no error
+    assert not GracefulStop().catch_signals(SimpleNamespace(world_size=2))  # DDP: Lightning's handling stays
+    assert signal.getsignal(signal.SIGTERM) is before
+    stop = GracefulStop()
+    try:
+        assert stop.catch_signals(SimpleNamespace(world_size=1))
+        assert signal.getsignal(signal.SIGTERM) == signal.getsignal(signal.SIGINT) == stop._on_signal
+        assert not stop.catch_signals(SimpleNamespace(world_size=1))  # already caught: the saved handlers stay the first ones
+    finally:
+        stop.restore_signals()
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_the_training_clock_runs_between_start_and_end_and_carries_across_resumes(monkeypatch):
+    from types import SimpleNamespace
+
+    import fashion_conv.checkpoints as checkpoints
+
+    now = [100.0]
+    monkeypatch.setattr(checkpoints.time, "perf_counter", lambda: now[0])
+    stop, trainer = checkpoints.GracefulStop(), SimpleNamespace(world_size=2)  # world_size 2: no signal handlers here
+    stop.load_state_dict({"mid_epoch": None, "train_seconds": 5.0})  # a resumed run: 5 s before this process
+    assert stop.train_seconds() == 5.0
+    stop.on_train_start(trainer, None)
+    now[0] = 102.5
+    assert stop.train_seconds() == 7.5
+    stop.on_train_end(trainer, None)
+    now[0] = 110.0
+    assert stop.train_seconds() == 7.5 and stop.state_dict() == {"mid_epoch": None, "train_seconds": 7.5}  # stopped at the end
+    stop.setup(trainer, None, "test")
+    assert stop.train_seconds() == 7.5  # testing does not reset it
+    stop.setup(trainer, None, "fit")
+    assert stop.train_seconds() == 0.0  # a new fit starts from 0 (a resume's total comes from load_state_dict, after setup)
+    stop.load_state_dict({"mid_epoch": [1, 4]})  # a checkpoint written before train_seconds existed
+    assert stop.train_seconds() == 0.0
+
+
+def test_a_signal_saves_a_full_checkpoint_before_the_next_batch(tmp_path):
+    from types import SimpleNamespace
+
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from fashion_conv.checkpoints import GracefulStop
+
+    saved = []
+    trainer = SimpleNamespace(current_epoch=1, checkpoint_callbacks=[], default_root_dir=tmp_path,
+                              save_checkpoint=lambda path, **kwargs: saved.append((path, kwargs)))  # fmt: skip
+    stop = GracefulStop()
+    stop.on_train_batch_start(trainer, None, None, 3)
+    assert saved == [] and not stop.requested
+    stop._on_signal(signal.SIGTERM, None)
+    with pytest.raises(SIGTERMException):
+        stop.on_train_batch_start(trainer, None, None, 4)
+    assert saved == [(tmp_path / "last.ckpt", {"weights_only": False})] and stop.state_dict()["mid_epoch"] == [1, 4]
+
+
+def test_best_ckpt_is_rank_0s_copy_of_the_best_checkpoint_only(tmp_path):
+    from types import SimpleNamespace
+
+    from fashion_conv.checkpoints import BestCheckpoint
+
+    def trainer(rank: int):
+        def save_checkpoint(path, weights_only=False):
+            Path(path).write_bytes(f"{Path(path).name} by rank {rank}".encode())
+
+        return SimpleNamespace(global_step=7, loggers=[], is_global_zero=rank == 0, save_checkpoint=save_checkpoint)
+
+    callback = BestCheckpoint(dirpath=tmp_path)
+    callback.best_model_path = str(tmp_path / "best-epoch=1.ckpt")
+    callback._save_checkpoint(trainer(1), callback.best_model_path)  # another DDP rank: rank 0 writes the copy
+    assert not (tmp_path / "best.ckpt").exists()
+    callback._save_checkpoint(trainer(0), callback.best_model_path)
+    assert (tmp_path / "best.ckpt").read_bytes() == b"best-epoch=1.ckpt by rank 0"
+    callback._save_checkpoint(trainer(0), str(tmp_path / "other.ckpt"))  # not the best: best.ckpt stays
+    assert (tmp_path / "best.ckpt").read_bytes() == b"best-epoch=1.ckpt by rank 0"

@@ -62,20 +62,67 @@ def snapshot(folder: Path) -> dict:
         ("changed lr", ["--model.lr", "0.01"], "was trained with --model.lr 0.001 (now 0.01); a resumed run keeps its settings"),
         ("changed batch size", ["--data.batch_size", "16", "--model.lr_schedule", "cosine"],
          "--model.lr_schedule 'none' (now 'cosine'), --data.batch_size 8 (now 16)"),
+        ("changed seed", ["--seed_everything", "7"], "was trained with --seed_everything 42 (now 7)"),  # from the run's config.yaml
+        ("weights only", [], "is not a training checkpoint; --ckpt_path needs a training checkpoint"),
+        ("not ours", [], "not a FashionClassifier checkpoint (no backbone in its hyper_parameters)"),
     ],
 )  # fmt: skip
-def test_a_checkpoint_this_run_cannot_continue_is_refused_before_anything_is_written(finished_run, case, extra, message, capsys):
+def test_a_checkpoint_this_run_cannot_continue_is_refused_before_anything_is_written(finished_run, case, extra, message, capsys, tmp_path):
     data, root = finished_run
     before = snapshot(root)
     last = run_dir(root) / ("model.pth" if case == "model.pth" else "checkpoints/last.ckpt")
+    if case in ("weights only", "not ours"):  # a Lightning checkpoint without the loops' state, or without our hyperparameters
+        drop = "loops" if case == "weights only" else "hyper_parameters"
+        full = torch.load(last, weights_only=True)
+        last = tmp_path / "checkpoints" / "stripped.ckpt"
+        last.parent.mkdir()
+        torch.save({k: v for k, v in full.items() if k != drop}, last)
     for ckpt in (str(last), "last"):
-        if ckpt == "last" and case in ("other backbone", "model.pth"):
+        if ckpt == "last" and case in ("other backbone", "model.pth", "weights only", "not ours"):
             continue  # 'last' looks under the requested backbone's folder only
         assert main(fit_args(data, root, "--ckpt_path", ckpt, *extra)) == 1
         err = capsys.readouterr().err
-        assert err.count("\n") == 1 and err.startswith("error: ") and message in err, err
+        assert err.count("\n") == 1 and err.startswith(f"error: {last}: ") and message in err, err  # the file, then the problem
     assert snapshot(root) == before  # config.yaml untouched, no new version folder
     assert [p.name for p in root.rglob("version_*")] == ["version_0"]
+
+
+def test_a_checkpoint_from_before_a_data_option_existed_resumes_with_its_default(finished_run, tmp_path, capsys):
+    data, root = finished_run
+    full = torch.load(run_dir(root) / "checkpoints" / "last.ckpt", weights_only=True)
+    old = tmp_path / "checkpoints" / "old.ckpt"  # as written before random_shift and steps_per_call were options
+    old.parent.mkdir()
+    dm = {k: v for k, v in full["datamodule_hyper_parameters"].items() if k not in ("random_shift", "steps_per_call")}
+    torch.save({**full, "datamodule_hyper_parameters": dm}, old)
+    capsys.readouterr()
+    assert main(fit_args(data, tmp_path, "--ckpt_path", str(old), "--data.steps_per_call", "4")) == 1
+    # random_shift: missing means the value asked for; steps_per_call: missing means 1 (one batch a call), not 4.
+    assert capsys.readouterr().err.startswith(f"error: {old}: was trained with --data.steps_per_call 1 (now 4); a resumed run")
+
+
+@pytest.mark.parametrize(
+    "schedule, extra, differ",
+    [
+        ("cosine", ["--model.lr_schedule", "cosine", "--trainer.max_epochs", "3"], "--trainer.max_epochs 1 (now 3)"),  # laid out for 1
+        (None, ["--trainer.max_epochs", "3"], "--model.lr_schedule None (now 'none')"),  # no schedule key: max_epochs is free
+    ],
+)
+def test_a_scheduled_run_resumes_only_with_its_max_epochs(finished_run, tmp_path, capsys, schedule, extra, differ):
+    data, root = finished_run
+    full = torch.load(run_dir(root) / "checkpoints" / "last.ckpt", weights_only=True)
+    hp = {k: v for k, v in full["hyper_parameters"].items() if k != "lr_schedule"}
+    if schedule:
+        hp["lr_schedule"] = schedule
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    torch.save({**full, "hyper_parameters": hp}, ckpt)
+    (tmp_path / "run" / "config.yaml").write_bytes((run_dir(root) / "config.yaml").read_bytes())  # max_epochs: 1
+    capsys.readouterr()
+    assert main(fit_args(data, tmp_path, "--ckpt_path", str(ckpt), *extra)) == 1
+    assert capsys.readouterr().err == (
+        f"error: {ckpt}: was trained with {differ}; a resumed run keeps its settings, so drop the changed options, "
+        "or start a fresh run without --ckpt_path\n"
+    )
 
 
 def test_ckpt_path_last_on_a_finished_run_keeps_its_totals(finished_run, tmp_path):

@@ -167,12 +167,44 @@ def test_the_progress_bar_counts_batches_not_calls(tmp_path, make_tiny_data, cap
     assert "8/13" in counts and "5/13" not in counts  # redrawn where a call crossed a multiple of 5 steps
 
 
-def test_a_grouping_datamodule_with_a_setting_that_counts_batches_is_refused_in_python(tiny_data_dir):
+def test_a_grouping_datamodule_refuses_trainer_settings_that_count_single_batches(tiny_data_dir):
     import lightning as L
 
     from fashion_conv import FashionClassifier
 
-    trainer = L.Trainer(max_epochs=1, gradient_clip_val=1.0, logger=False, enable_checkpointing=False, enable_progress_bar=False)
-    data = FashionMNISTDataModule(tiny_data_dir, val_size=20, batch_size=8, steps_per_call=4)
-    with pytest.raises(FashionConvError, match="steps_per_call 4 cannot run with --trainer.gradient_clip_val"):
-        trainer.fit(FashionClassifier("mlp", backbone_kwargs={"hidden": 8}), datamodule=data)
+    trainer = L.Trainer(max_epochs=1, gradient_clip_val=0.5, accumulate_grad_batches=2, limit_train_batches=3, val_check_interval=0.5,
+                        overfit_batches=0.5, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    with pytest.raises(FashionConvError) as info:
+        trainer.fit(FashionClassifier("mlp"), datamodule=FashionMNISTDataModule(tiny_data_dir, val_size=20, steps_per_call=4))
+    assert str(info.value) == (
+        "--data.steps_per_call 4 cannot run with --trainer.gradient_clip_val, --trainer.accumulate_grad_batches, "
+        "--trainer.limit_train_batches, --trainer.val_check_interval, --trainer.overfit_batches: they count single batches; "
+        "use --data.steps_per_call 1"
+    )
+    quick = L.Trainer(fast_dev_run=True, logger=False, enable_progress_bar=False, enable_model_summary=False)
+    with pytest.raises(FashionConvError, match=r"with --trainer.limit_train_batches, --trainer.fast_dev_run, --trainer.max_steps: they count"):
+        quick.fit(FashionClassifier("mlp"), datamodule=FashionMNISTDataModule(tiny_data_dir, val_size=20, steps_per_call=4))
+
+
+@pytest.mark.parametrize("where", ["callback", "module"])
+@pytest.mark.parametrize("hook", ["on_before_backward", "on_after_backward", "on_before_optimizer_step", "backward"])
+def test_grouped_steps_call_each_hook_that_a_callback_or_the_module_overrides(tiny_data_dir, where, hook):
+    import lightning as L
+
+    from fashion_conv import FashionClassifier
+
+    if where == "callback" and hook == "backward":
+        pytest.skip("backward is a LightningModule hook only")
+    calls = []
+
+    def record(self, *args, **kwargs):
+        calls.append(hook)
+        if hook == "backward":
+            args[0].backward()  # the loss: what Lightning's own backward does
+
+    callbacks = [type("Hooked", (L.Callback,), {hook: record})()] if where == "callback" else []
+    model = (FashionClassifier if where == "callback" else type("Hooked", (FashionClassifier,), {hook: record}))("mlp", backbone_kwargs={"hidden": 8})
+    trainer = L.Trainer(max_epochs=1, callbacks=callbacks, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=0)  # fmt: skip
+    trainer.fit(model, datamodule=FashionMNISTDataModule(tiny_data_dir, val_size=20, batch_size=10, steps_per_call=4))
+    assert trainer.global_step == 10 and calls == [hook] * 10  # once a step, as with one batch a call

@@ -104,3 +104,59 @@ def test_load_from_checkpoint_names_the_file_and_passes_arguments_on(tmp_path):
     with pytest.raises(RuntimeError, match="Unexpected key"):
         FashionClassifier.load_from_checkpoint(extra, weights_only=True)
     FashionClassifier.load_from_checkpoint(extra, None, None, False, weights_only=True)  # positional strict=False reaches Lightning
+
+
+def test_weights_that_do_not_fit_say_how_and_name_the_file(tmp_path):
+    from fashion_conv.weights import load_backbone
+
+    mlp, narrow = tmp_path / "mlp.pth", tmp_path / "narrow.pth"
+    torch.save(build_backbone("mlp").state_dict(), mlp)
+    torch.save(build_backbone("mlp", hidden=8).state_dict(), narrow)
+    cases = [
+        (lambda: load_backbone(mlp, "cnn5"), f"{mlp}: weights do not fit backbone 'cnn5' (4 tensors missing, 4 unexpected); was it trained with another backbone or options?"),
+        (lambda: load_backbone(narrow, "mlp"), f"{narrow}: weights do not fit backbone 'mlp' (tensor shapes differ); was it trained with another backbone or options?"),
+        (lambda: load_model(weights=narrow, backbone="mlp"), f"{narrow}: weights do not fit backbone 'mlp' (tensor shapes differ); was it trained with another backbone or options?"),
+    ]
+    extra = tmp_path / "extra.pth"
+    torch.save({**build_backbone("mlp").state_dict(), "extra": torch.zeros(1)}, extra)
+    cases.append((lambda: load_backbone(extra, "mlp"), f"{extra}: weights do not fit backbone 'mlp' (0 tensors missing, 1 unexpected); was it trained with another backbone or options?"))
+    ckpt = checkpoint(tmp_path / "m.ckpt", backbone_kwargs={"hidden": 8})  # its state holds the default 256-wide weights
+    cases.append((lambda: load_model(ckpt), f"{ckpt}: weights do not fit backbone 'mlp' (tensor shapes differ); was it trained with another backbone or options?"))
+    foreign = checkpoint(tmp_path / "c.ckpt", backbone="nets.TinyNet")
+    cases.append((lambda: load_model(foreign, backbone="mlp"), f"{foreign}: holds a 'nets.TinyNet' backbone, but --backbone says 'mlp'"))
+    for load, message in cases:
+        with pytest.raises(FashionConvError) as info:
+            load()
+        assert str(info.value) == message
+
+
+def test_load_model_needs_exactly_one_model_and_a_backbone_for_weights(tmp_path):
+    pth = tmp_path / "model.pth"
+    torch.save(build_backbone("mlp").state_dict(), pth)
+    ckpt = checkpoint(tmp_path / "m.ckpt")
+    cases = [
+        ({}, "give a model: --checkpoint X.ckpt, or --weights model.pth with --backbone NAME"),
+        ({"checkpoint": ckpt, "weights": pth}, "give a model: --checkpoint X.ckpt, or --weights model.pth with --backbone NAME"),
+        ({"weights": pth}, f"--weights {pth} needs --backbone NAME (one of cnn, cnn5, convnet, mlp)"),
+        ({"weights": ckpt, "backbone": "mlp"}, f"{ckpt}: is a Lightning checkpoint; pass it as --checkpoint {ckpt}"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(FashionConvError) as info:
+            load_model(**kwargs)
+        assert str(info.value) == message
+    # A state dict that merely has a "state_dict" key is not taken for a Lightning checkpoint: it needs hyper_parameters too.
+    odd = tmp_path / "odd.pth"
+    torch.save({"state_dict": torch.zeros(1)}, odd)
+    with pytest.raises(FashionConvError) as info:
+        load_model(weights=odd, backbone="mlp")
+    assert str(info.value) == f"{odd}: weights do not fit backbone 'mlp' (4 tensors missing, 1 unexpected); was it trained with another backbone or options?"
+
+
+def test_the_backbone_option_lists_the_registered_names():
+    import argparse
+
+    from fashion_conv.weights import add_model_arguments
+
+    parser = argparse.ArgumentParser()
+    add_model_arguments(parser)
+    assert "backbone of --weights (cnn, cnn5, convnet, mlp, or a class path)" in " ".join(parser.format_help().split())
