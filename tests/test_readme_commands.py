@@ -29,7 +29,6 @@ SKIPPED = {
     "python -m fashion_conv.experiments --preset full --ray-address auto": "needs that Ray cluster, and hours",
     "bash scripts/setup.sh test && .venv/bin/python -m pytest": "runs this test suite; CI runs exactly this",
     "python -m fashion_conv.fit --trainer.accelerator gpu --trainer.devices 1": "needs a GPU",
-    "python scripts/step_cost.py --repeats 3": "15 full-data epochs; test_speed.py runs it on tiny data",
 }
 SETUP = "bash scripts/setup.sh && "  # installs packages and the real data: CI runs it before the tests
 MY_NET = """from torch import nn
