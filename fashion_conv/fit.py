@@ -49,7 +49,7 @@ IMAGES_PER_CALL = 1024
 
 def default_steps_per_call(batch_size: int) -> int:
     """Batches a call when the user leaves it to fit: about IMAGES_PER_CALL images (16 batches of 64, 4 of 256)."""
-    return max(1, IMAGES_PER_CALL // batch_size)
+    return max(1, IMAGES_PER_CALL // max(batch_size, 1))  # a batch size below 1 is refused by the DataModule
 
 
 def run_name(backbone: str) -> str:

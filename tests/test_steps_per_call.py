@@ -107,7 +107,7 @@ def test_a_resumed_run_keeps_its_grouping_and_refuses_another(tmp_path, make_tin
 
 
 def test_fit_groups_about_1024_images_a_call():
-    assert [default_steps_per_call(b) for b in (8, 64, 100, 128, 256, 1024, 5000)] == [128, 16, 10, 8, 4, 1, 1]
+    assert [default_steps_per_call(b) for b in (8, 64, 100, 128, 256, 1024, 5000, 0)] == [128, 16, 10, 8, 4, 1, 1, 1024]
 
 
 def test_settings_that_count_single_batches_fall_back_to_one_batch_a_call_or_are_refused(tmp_path, make_tiny_data, capsys):
