@@ -35,6 +35,7 @@ from fashion_conv.checkpoints import AtomicCheckpointIO, BestCheckpoint, Gracefu
 from fashion_conv.dashboards import DatasetDashboards, log_hparams
 from fashion_conv.datamodule import FashionMNISTDataModule
 from fashion_conv.errors import FashionConvError
+from fashion_conv.memory import keep_freed_memory
 from fashion_conv.explain.callback import ExplainFigures
 from fashion_conv.module import FashionClassifier, steps_per_call_conflicts
 from fashion_conv.progress import StepProgressBar
@@ -246,6 +247,7 @@ def _backbone_name(model_config) -> str:
 def build_cli(argv: list[str] | dict | None, callbacks: Sequence[Callback] = ()) -> FashionCLI:
     """The ``fit`` command line from ``argv`` (a list of arguments or a config dict); ``callbacks`` join the defaults."""
     quiet.install()
+    keep_freed_memory()  # this process trains: no fresh pages for every step's large buffers (fashion_conv.memory)
     return FashionCLI(
         FashionClassifier,
         FashionMNISTDataModule,
