@@ -127,7 +127,7 @@ class FashionMNISTDataModule(L.LightningDataModule):
             ``batch_size`` (the same batches in the same order); ``FashionClassifier`` then takes one optimizer step
             per batch, so Lightning's fixed cost per call is paid once per group. 1 (the default): plain ``(x, y)``
             batches, as any LightningModule expects. ``None`` means 1 here; ``python -m fashion_conv.fit`` resolves
-            it to about 1,024 images a call where the trainer settings allow (see ``module.steps_per_call_conflicts``).
+            it to 16 batches (at most about 2,048 images) a call where the trainer settings allow (see ``module.steps_per_call_conflicts``).
     """
 
     def __init__(

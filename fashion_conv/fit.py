@@ -42,15 +42,16 @@ from fashion_conv.progress import StepProgressBar
 
 SEED = 42
 PROGRESS_REFRESH_STEPS = 25
-# Images per training_step call where the trainer settings allow (--data.steps_per_call): Lightning's fixed cost a
-# call, about 0.8 ms on CPU, is then paid once per 16 batches of 64. Larger groups cost more than they save (a cnn
-# bf16 epoch in batches of 256: 5.1 s in groups of 1, 2 or 4, 7.8 s in groups of 16; see the README's speed section).
-IMAGES_PER_CALL = 1024
+# Batches per training_step call where the trainer settings allow (--data.steps_per_call): Lightning's fixed cost a
+# call, about 0.8 ms on CPU, is then paid once per 16 batches of 64. At most 16 batches (mlp: groups of 32 were no
+# faster) and about 2,048 images (a bf16 cnn epoch in batches of 256: 4.4-4.9 s in groups of 8, 5.0-5.3 in groups of
+# 4 or 16; see the README's speed section).
+MAX_STEPS_PER_CALL, IMAGES_PER_CALL = 16, 2048
 
 
 def default_steps_per_call(batch_size: int) -> int:
-    """Batches a call when the user leaves it to fit: about IMAGES_PER_CALL images (16 batches of 64, 4 of 256)."""
-    return max(1, IMAGES_PER_CALL // max(batch_size, 1))  # a batch size below 1 is refused by the DataModule
+    """Batches a call when the user leaves it to fit: 16 batches of 64 or 128, 8 of 256, 1 from 2,048 images up."""
+    return max(1, min(MAX_STEPS_PER_CALL, IMAGES_PER_CALL // max(batch_size, 1)))  # a batch size below 1 is refused by the DataModule
 
 
 def run_name(backbone: str) -> str:

@@ -1,4 +1,4 @@
-"""Grouped calls (``--data.steps_per_call N``, fit's default: about 1,024 images a call) train exactly like one batch a call.
+"""Grouped calls (``--data.steps_per_call N``, fit's default: 16 batches a call) train exactly like one batch a call.
 
 fit hands each ``training_step`` a list of batches so that Lightning's fixed cost a call is paid once per group. These
 tests run the same tiny fit both ways and compare everything a user sees: the final weights, every TensorBoard scalar
@@ -52,7 +52,7 @@ def assert_same_run(grouped: dict, single: dict) -> None:
     assert g["test_loss"] == pytest.approx(s["test_loss"], rel=1e-5)
 
 
-# 100 training rows in batches of 8: 13 a epoch (12 of 8, one of 4), all in one call of the default 128.
+# 100 training rows in batches of 8: 13 a epoch (12 of 8, one of 4), all in one call of the default 16.
 CASES = {
     "defaults": [],
     "onecycle+augment": ["--model.lr_schedule", "onecycle", "--data.random_shift", "2", "--data.hflip", "true"],
@@ -64,7 +64,7 @@ CASES = {
 @pytest.mark.parametrize("case", list(CASES))
 def test_grouped_calls_train_and_log_exactly_like_one_batch_a_call(case, tmp_path, make_tiny_data):
     data = make_tiny_data(tmp_path / "data")
-    grouped = fit_tiny(data, tmp_path / "grouped", *CASES[case])  # the default: 128 batches of 8 a call
+    grouped = fit_tiny(data, tmp_path / "grouped", *CASES[case])  # the default: 16 batches of 8 a call
     single = fit_tiny(data, tmp_path / "single", *CASES[case], "--data.steps_per_call", "1")
     assert_same_run(grouped, single)
     assert grouped["scalars"]["train/loss"][0][0] == 2  # step 2 is the 3rd: log_every_n_steps=3 counts steps, not calls
@@ -103,11 +103,11 @@ def test_a_resumed_run_keeps_its_grouping_and_refuses_another(tmp_path, make_tin
             "--ckpt_path", str(last)]  # fmt: skip
     capsys.readouterr()
     assert main([*args, "--data.steps_per_call", "1"]) == 1
-    assert "was trained with --data.steps_per_call 128 (now 1)" in capsys.readouterr().err
+    assert "was trained with --data.steps_per_call 16 (now 1)" in capsys.readouterr().err
 
 
-def test_fit_groups_about_1024_images_a_call():
-    assert [default_steps_per_call(b) for b in (8, 64, 100, 128, 256, 1024, 5000, 0)] == [128, 16, 10, 8, 4, 1, 1, 1024]
+def test_fit_groups_16_batches_and_at_most_about_2048_images_a_call():
+    assert [default_steps_per_call(b) for b in (8, 64, 128, 200, 256, 1024, 2048, 5000, 0)] == [16, 16, 16, 10, 8, 2, 1, 1, 16]
 
 
 def test_settings_that_count_single_batches_fall_back_to_one_batch_a_call_or_are_refused(tmp_path, make_tiny_data, capsys):
