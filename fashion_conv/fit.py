@@ -213,7 +213,7 @@ def resolve_steps_per_call(config, resume_from: Path | None) -> None:
     a new one takes default_steps_per_call(batch_size) unless a trainer setting counts single batches. A value given explicitly with such
     a setting is refused, naming it."""
     data = config.data
-    trainer = {k: v for k, v in vars(config.trainer).items()}
+    trainer = vars(config.trainer)
     conflicts = steps_per_call_conflicts(trainer)
     if data.steps_per_call is None:
         if resume_from is not None:

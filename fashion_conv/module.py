@@ -178,7 +178,7 @@ class FashionClassifier(LightningModule):
         hooks = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")
         if any(is_overridden(h, c, Callback) for c in trainer.callbacks for h in hooks):
             return False
-        return not any(is_overridden(h, self, LightningModule) for h in (*hooks, "backward", "configure_gradient_clipping"))
+        return not any(is_overridden(h, self, LightningModule) for h in (*hooks, "backward"))  # Lightning clips only in automatic optimization
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path, *args, **kwargs):  # type: ignore[override]
