@@ -348,12 +348,14 @@ def _write_outputs(trainer: Trainer, model: FashionClassifier, summary: dict) ->
         torch.save({k: v.cpu() for k, v in model.backbone.state_dict().items()}, tmp)
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
-            drop_earlier_hparams(Path(logger.log_dir), _open_event_file(logger))
+            logger.finalize("success")  # its event file closed (Lightning closed it after test), so none is rewritten mid-write
+            drop_earlier_hparams(Path(logger.log_dir))
             hp = {k: v for k, v in summary.items() if k in ("backbone", "params", "seed", "precision", "epochs")}
             hp.update({k: model.hparams[k] for k in RECIPE_MODEL_HPARAMS if k in model.hparams})
             data_hp = trainer.datamodule.hparams
             hp.update({k: data_hp[k] for k in RECIPE_DATA_HPARAMS if k in data_hp})
-            metrics = {"hp/val_acc": summary["val_acc"] or 0.0, "hp/test_acc": summary["test_acc"]}
+            metrics = {"hp/val_acc": summary["val_acc"], "hp/test_acc": summary["test_acc"]}
+            metrics = {k: v for k, v in metrics.items() if v is not None}  # a run without validation has no hp/val_acc
             log_hparams(logger.experiment, hp, metrics, trainer.global_step, trial_id=f"{run_dir.parent.name}/{run_dir.name}")
             logger.save()
 
@@ -369,14 +371,7 @@ def _failed(cli: FashionCLI | None, status: int) -> int:
     return status
 
 
-def _open_event_file(logger: TensorBoardLogger) -> str | None:
-    """The event file the logger's writer holds open, if any (Lightning closes it after fit and after test)."""
-    writer = getattr(logger, "_experiment", None)
-    file_writer = getattr(writer, "file_writer", None)
-    return getattr(getattr(file_writer, "event_writer", None), "_file_name", None)
-
-
-def drop_earlier_hparams(run_dir: Path, open_file: str | None = None) -> None:
+def drop_earlier_hparams(run_dir: Path) -> None:
     """Remove the HPARAMS entries that earlier processes of this run wrote (a finished run resumed for more epochs).
 
     TensorBoard shows the first ``_hparams_/session_start_info`` of a run folder and ignores later ones, so the
@@ -387,8 +382,6 @@ def drop_earlier_hparams(run_dir: Path, open_file: str | None = None) -> None:
     from tensorboard.summary.writer.record_writer import RecordWriter
 
     for events in run_dir.glob("events.out.tfevents.*"):
-        if open_file and events.samefile(open_file):  # still being written
-            continue
         records = list(RawEventFileLoader(str(events)).Load())
         keep = [r for r in records if not any(v.tag.startswith("_hparams_/") for v in Event.FromString(r).summary.value)]
         if len(keep) < len(records):
@@ -401,13 +394,14 @@ def drop_earlier_hparams(run_dir: Path, open_file: str | None = None) -> None:
 def print_summary(summary: dict) -> None:  # pragma: no mutate block (a layout for people; tests check its lines)
     val = f"{summary['val_acc']:.4f}" if summary["val_acc"] is not None else "n/a"
     tta = ", flip TTA" if summary.get("tta_hflip") else ""
+    tested = "best checkpoint by val/acc" if summary.get("best_checkpoint") else "last weights: no validation"
     lines = [
         "",
         "fashion_conv run summary",
         f"  backbone        {summary['backbone']} ({summary['params']:,} parameters)",
         f"  epochs          {summary['epochs']}  (seed {summary['seed']}, precision {summary['precision']})",
         f"  best val acc    {val}",
-        f"  test acc        {summary['test_acc']:.4f}  (official test set, best checkpoint by val/acc{tta})",
+        f"  test acc        {summary['test_acc']:.4f}  (official test set, {tested}{tta})",
         f"  training time   {summary['train_seconds']:.1f} s",
         f"  run folder      {summary['run_dir']}  (metrics.json, model.pth, checkpoints/)",
         "  dashboards      tensorboard --logdir lightning_logs",

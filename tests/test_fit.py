@@ -83,10 +83,27 @@ def test_outputs(finished_run):
         assert [(e.step, e.value) for e in events.Scalars(tag)] == [(steps, pytest.approx(value))], tag
 
 
+def test_a_run_without_validation_has_no_val_acc_and_tests_its_last_weights(tiny_data_dir, tmp_path, capsys):
+    assert main(fit_args(tiny_data_dir, tmp_path, "--data.val_size", "0", "--trainer.max_epochs", "1")) == 0
+    out = capsys.readouterr().out
+    assert "best val acc    n/a\n" in out and "(official test set, last weights: no validation)" in out
+    run = tmp_path / "lightning_logs" / "mlp" / "version_0"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["val_acc"] is None and metrics["best_checkpoint"] is None
+    events = EventAccumulator(str(run))
+    events.Reload()
+    assert not {"val/acc", "val/loss", "hp/val_acc"} & set(events.Tags()["scalars"])  # no 0.0 standing in for "none"
+    steps = 8  # 120 training images in batches of 16
+    assert [(e.step, e.value) for e in events.Scalars("hp/test_acc")] == [(steps, pytest.approx(metrics["test_acc"]))]
+    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    pth = torch.load(run / "model.pth", weights_only=True)  # without validation, the last weights are tested
+    assert all(torch.equal(v, last[f"backbone.{k}"]) for k, v in pth.items())
+
+
 def test_summary_is_printed(tiny_data_dir, tmp_path, capsys):
     assert main(fit_args(tiny_data_dir, tmp_path, "--trainer.max_epochs", "1")) == 0
     out = capsys.readouterr().out
-    for piece in ("backbone        mlp (203,530 parameters)", "best val acc", "test acc", "training time", "lightning_logs/mlp/version_0"):
+    for piece in ("backbone        mlp (203,530 parameters)", "best val acc", "best checkpoint by val/acc)", "training time", "lightning_logs/mlp/version_0"):
         assert piece in out
 
 
