@@ -364,11 +364,20 @@ def _failed(cli: FashionCLI | None, status: int) -> int:
     """Remove the run folder this attempt reserved if it stayed empty, so a failed start leaves no trace."""
     reserved = getattr(cli, "reserved", None)
     if reserved is not None:
+        for events in reserved.glob("events.out.tfevents.*"):
+            if _holds_nothing_logged(events):  # Lightning opens the writer before the data's setup can fail
+                events.unlink()
         try:
             reserved.rmdir()
         except OSError:
             pass  # not empty: it holds this run's checkpoints or logs
     return status
+
+
+def _holds_nothing_logged(events: Path) -> bool:
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    return all(not event.HasField("summary") for event in EventFileLoader(str(events)).Load())
 
 
 def drop_earlier_hparams(run_dir: Path) -> None:

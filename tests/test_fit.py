@@ -207,7 +207,28 @@ def test_a_bad_csv_stops_fit_with_file_line_and_column(tiny_data_dir, tmp_path, 
     assert main(fit_args(tiny_data_dir, tmp_path)) == 1
     err = capsys.readouterr().err.strip()
     assert err.endswith(f"error: {csv}, line 8, column 13: pixel12 is 'NaN', expected an integer in 0-255"), err
-    assert not (tmp_path / "lightning_logs").exists() or not list((tmp_path / "lightning_logs").rglob("*.ckpt"))
+    assert not list(tmp_path.glob("lightning_logs/mlp/*"))  # no run folder, not even an empty event file
+
+
+def test_an_error_in_the_datas_setup_leaves_no_run_folder(tiny_data_dir, tmp_path, capsys):
+    assert main(fit_args(tiny_data_dir, tmp_path, "--data.val_size", "500")) == 1
+    csv = tiny_data_dir / "processed" / "fashion-mnist-train.csv"
+    assert capsys.readouterr().err.strip().endswith(f"error: --data.val_size 500 leaves no training images: {csv} has 120 rows")
+    assert not list(tmp_path.glob("lightning_logs/mlp/*"))  # Lightning had opened an event file before the setup
+
+
+def test_only_event_files_with_nothing_logged_count_as_empty(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    from fashion_conv.fit import _holds_nothing_logged
+
+    for name, scalars in (("empty", 0), ("logged", 1)):
+        writer = SummaryWriter(tmp_path / name)
+        for step in range(scalars):
+            writer.add_scalar("train/loss", 1.5, step)
+        writer.close()
+        (events,) = (tmp_path / name).glob("events.out.tfevents.*")
+        assert _holds_nothing_logged(events) is (scalars == 0), name
 
 
 def test_short_parse_error_says_option_value_and_choices_in_one_line():
