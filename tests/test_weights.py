@@ -80,10 +80,33 @@ def test_backbone_kwargs_from_a_checkpoint_are_checked_before_allocating(tmp_pat
             load()
 
 
-def test_a_foreign_instantiator_is_refused(tmp_path):
+@pytest.mark.parametrize("kwargs, kind", [(["hidden"], "list"), ({1: 256}, "dict")])
+def test_backbone_kwargs_must_be_a_dict_of_names(tmp_path, kwargs, kind):
+    ckpt = checkpoint(tmp_path / "k.ckpt", backbone_kwargs=kwargs)
+    with pytest.raises(FashionConvError) as info:
+        load_model(ckpt)
+    assert str(info.value) == f"{ckpt}: backbone_kwargs must be a dict of names to values, got {kind}"
+
+
+def test_a_foreign_instantiator_is_refused_and_lightnings_own_is_not(tmp_path):
     ckpt = checkpoint(tmp_path / "i.ckpt", _instantiator="os.system")
     with pytest.raises(FashionConvError, match="name code to run"):
         FashionClassifier.load_from_checkpoint(ckpt, weights_only=True)
+    with pytest.raises(FashionConvError) as info:
+        load_model(ckpt)
+    assert str(info.value) == f"{ckpt}: refused: its hyper_parameters name code to run ('os.system')"
+    cli = checkpoint(tmp_path / "cli.ckpt", _instantiator="lightning.pytorch.cli.instantiate_module")  # what fit writes
+    assert sum(p.numel() for p in load_model(cli).parameters()) == 203_530
+    assert FashionClassifier.load_from_checkpoint(cli, weights_only=True).num_params == 203_530
+
+
+def test_a_model_pth_given_as_a_checkpoint_says_how_to_load_it(tmp_path):
+    pth = tmp_path / "model.pth"
+    torch.save(build_backbone("mlp").state_dict(), pth)
+    with pytest.raises(FashionConvError) as info:
+        load_model(pth)
+    hint = f"; a model.pth goes with --weights {pth} --backbone NAME"
+    assert str(info.value) == f"{pth}: not a FashionClassifier checkpoint (no backbone in its hyper_parameters){hint}"
 
 
 def test_dependency_floors_keep_weights_only_safe():
