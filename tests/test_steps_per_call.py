@@ -208,3 +208,31 @@ def test_grouped_steps_call_each_hook_that_a_callback_or_the_module_overrides(ti
                         enable_model_summary=False, limit_val_batches=0)  # fmt: skip
     trainer.fit(model, datamodule=FashionMNISTDataModule(tiny_data_dir, val_size=20, batch_size=10, steps_per_call=4))
     assert trainer.global_step == 10 and calls == [hook] * 10  # once a step, as with one batch a call
+
+
+def _scaled_fp16():
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    return {"plugins": [MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))]}
+
+
+@pytest.mark.parametrize(
+    "trainer_kwargs, plain",
+    [
+        (lambda: {}, True),
+        (lambda: {"precision": "bf16-mixed"}, True),  # autocast only: backward and step are plain
+        (lambda: {"precision": "64-true"}, False),  # another plugin converts the module and batches
+        (lambda: {"precision": "bf16-true"}, False),
+        (_scaled_fp16, False),  # a gradient scaler scales the loss and unscales before the step
+        (lambda: {"strategy": "ddp", "devices": 2}, False),  # DDP synchronises in its hooks
+    ],
+    ids=["32-true", "bf16-mixed", "64-true", "bf16-true", "fp16-scaler", "ddp"],
+)
+def test_grouped_steps_bypass_lightnings_hooks_only_where_they_would_do_nothing(trainer_kwargs, plain):
+    from lightning import Trainer
+
+    from fashion_conv import FashionClassifier
+
+    model = FashionClassifier("mlp")
+    model.trainer = Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, **trainer_kwargs())
+    assert model._plain_steps() is plain

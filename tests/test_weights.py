@@ -183,3 +183,47 @@ def test_the_backbone_option_lists_the_registered_names():
     parser = argparse.ArgumentParser()
     add_model_arguments(parser)
     assert "backbone of --weights (cnn, cnn5, convnet, mlp, or a class path)" in " ".join(parser.format_help().split())
+
+
+class Pickled:
+    """An object that a full unpickler would build, so a weights-only load refuses it."""
+
+
+def test_read_weights_file_says_what_is_wrong_with_a_file_exactly(tmp_path, monkeypatch):
+    from fashion_conv.weights import read_weights_file
+
+    def message(path):
+        with pytest.raises(FashionConvError) as info:
+            read_weights_file(path)
+        return str(info.value)
+
+    text = tmp_path / "notes.pth"
+    text.write_text("not weights\n")
+    assert message(text) == f"{text}: not a PyTorch weights file, or a damaged one (UnpicklingError)"
+    code = tmp_path / "code.pth"
+    torch.save({"x": Pickled()}, code)
+    assert message(code) == (
+        f"{code}: refused: loading it would run Python code (test_weights.Pickled), so it is not plain weights; "
+        "fashion_conv loads tensors only (torch.load weights_only=True)"
+    )
+    listed = tmp_path / "list.pth"
+    torch.save([1], listed)
+    assert message(listed) == f"{listed}: holds a list, expected a state dict or a Lightning checkpoint"
+    assert message(tmp_path) == f"{tmp_path}: is a folder, expected a .ckpt or .pth file"
+    assert message(tmp_path / "nope.pth") == f"{tmp_path / 'nope.pth'}: no such file"
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")  # root reads any file, so the refusal is simulated
+
+    monkeypatch.setattr(torch, "load", denied)
+    assert message(listed) == f"{listed}: not readable (permission denied)"
+
+
+def test_weights_files_are_read_on_cpu_and_weights_only(tmp_path, monkeypatch):
+    from fashion_conv.weights import read_weights_file
+
+    calls, load = [], torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **kw: calls.append(kw) or load(*a, **kw))
+    torch.save({"w": torch.ones(2)}, tmp_path / "w.pth")
+    assert torch.equal(read_weights_file(tmp_path / "w.pth")["w"], torch.ones(2))
+    assert calls == [{"map_location": "cpu", "weights_only": True}]  # a GPU run's file loads on a CPU machine
