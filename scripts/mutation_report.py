@@ -69,11 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     results = read(args.mutants)
     print("\n".join(table(results)))
-    survivors = [k for meta in results.values() for k, code in meta["exit_code_by_key"].items() if status(code) != "killed"]
-    print(f"\nnot killed ({len(survivors)}):")
-    for name in survivors:
-        code = next(meta["exit_code_by_key"][name] for meta in results.values() if name in meta["exit_code_by_key"])
-        print(f"  {status(code):12} {name}")
+    codes = {name: code for meta in results.values() for name, code in meta["exit_code_by_key"].items()}
+    left = [name for name, code in codes.items() if status(code) not in ("killed", "not checked")]
+    print(f"\nchecked and not killed ({len(left)}; `mutmut show NAME` prints one's change):")
+    for name in left:
+        print(f"  {status(codes[name]):12} {name}")
     seconds, counts = defaultdict(float), Counter()
     for meta in results.values():
         for name, duration in meta.get("durations_by_key", {}).items():
