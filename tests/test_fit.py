@@ -303,3 +303,7 @@ def test_each_run_reserves_the_next_free_version_folder(tmp_path, monkeypatch):
     (runs / "version_x").mkdir()  # not a number: ignored
     assert reserve_version(runs) == "version_8" and reserve_version(runs) == "version_9"
     assert sorted(p.name for p in runs.iterdir()) == ["version_0", "version_7", "version_8", "version_9", "version_x"]
+    monkeypatch.setenv("LOCAL_RANK", "0")  # rank 0 of a DDP run reserves as a single process does
+    assert reserve_version(runs) == "version_10"
+    monkeypatch.setenv("LOCAL_RANK", "1")  # a DDP worker joins the folder that rank 0 reserved
+    assert reserve_version(runs) == "version_10" and len(list(runs.iterdir())) == 6
