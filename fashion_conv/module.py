@@ -7,7 +7,7 @@ from typing import Any, Literal, Mapping
 
 import torch
 import torch.nn.functional as F
-from lightning import Callback, LightningModule
+from lightning import LightningModule
 from lightning.pytorch.plugins.precision import MixedPrecision, Precision
 from lightning.pytorch.strategies import SingleDeviceStrategy
 from lightning.pytorch.utilities.model_helpers import is_overridden
@@ -176,9 +176,9 @@ class FashionClassifier(LightningModule):
         if not (type(plugin) is Precision or (type(plugin) is MixedPrecision and plugin.scaler is None)):
             return False
         hooks = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")
-        if any(is_overridden(h, c, Callback) for c in trainer.callbacks for h in hooks):
+        if any(is_overridden(h, c) for c in trainer.callbacks for h in hooks):  # the base class is the instance's
             return False
-        return not any(is_overridden(h, self, LightningModule) for h in (*hooks, "backward"))  # Lightning clips only in automatic optimization
+        return not any(is_overridden(h, self) for h in (*hooks, "backward"))  # Lightning clips only in automatic optimization
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path, *args, **kwargs):  # type: ignore[override]
@@ -219,7 +219,6 @@ class FashionClassifier(LightningModule):
         trainer, optimizer, scheduler = self.trainer, self.optimizers(), self.lr_schedulers()
         every = trainer.log_every_n_steps
         logits_seen, labels_seen, losses = [], [], []
-        loss = None
         for x, y in batches:
             step = self.global_step
             logits = self(x)
