@@ -349,7 +349,7 @@ def _write_outputs(trainer: Trainer, model: FashionClassifier, summary: dict) ->
         torch.save({k: v.cpu() for k, v in model.backbone.state_dict().items()}, tmp)
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
-            logger.finalize("success")  # its event file closed (Lightning closed it after test), so none is rewritten mid-write
+            logger.experiment.close()  # Lightning closed it after test already: no event file is rewritten mid-write
             drop_earlier_hparams(Path(logger.log_dir))
             hp = {k: v for k, v in summary.items() if k in ("backbone", "params", "seed", "precision", "epochs")}
             hp.update({k: model.hparams[k] for k in RECIPE_MODEL_HPARAMS if k in model.hparams})

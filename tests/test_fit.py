@@ -63,6 +63,7 @@ def test_outputs(finished_run):
     ckpts = {p.name for p in (run / "checkpoints").iterdir()}
     assert "last.ckpt" in ckpts and any(n.startswith("best-epoch=") for n in ckpts)
     metrics = json.loads((run / "metrics.json").read_text())
+    assert (run / "metrics.json").read_text() == json.dumps(metrics, indent=2) + "\n"  # one key a line, for people too
     assert {"backbone", "params", "epochs", "val_acc", "test_acc", "train_seconds", "seed"} <= set(metrics)
     assert metrics["backbone"] == "mlp" and metrics["params"] == 203_530 and metrics["epochs"] == 2
     assert metrics["seed"] == 42 and 0 <= metrics["test_acc"] <= 1
