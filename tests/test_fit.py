@@ -308,3 +308,17 @@ def test_each_run_reserves_the_next_free_version_folder(tmp_path, monkeypatch):
     assert reserve_version(runs) == "version_10"
     monkeypatch.setenv("LOCAL_RANK", "1")  # a DDP worker joins the folder that rank 0 reserved
     assert reserve_version(runs) == "version_10" and len(list(runs.iterdir())) == 6
+
+
+def test_drop_earlier_hparams_leaves_files_without_them_untouched(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    from fashion_conv.fit import drop_earlier_hparams
+
+    writer = SummaryWriter(tmp_path)
+    writer.add_scalar("train/loss", 1.5, 0)
+    writer.close()
+    (events,) = tmp_path.glob("events.out.tfevents.*")
+    before = (events.stat().st_ino, events.read_bytes())
+    drop_earlier_hparams(tmp_path)
+    assert (events.stat().st_ino, events.read_bytes()) == before  # not rewritten (an atomic rewrite is a new inode)
