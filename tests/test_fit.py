@@ -322,3 +322,25 @@ def test_drop_earlier_hparams_leaves_files_without_them_untouched(tmp_path):
     before = (events.stat().st_ino, events.read_bytes())
     drop_earlier_hparams(tmp_path)
     assert (events.stat().st_ino, events.read_bytes()) == before  # not rewritten (an atomic rewrite is a new inode)
+
+
+def test_fit_builds_its_trainer_with_our_logger_checkpoint_io_and_progress_bar(tiny_data_dir, tmp_path):
+    from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from fashion_conv.checkpoints import AtomicCheckpointIO
+    from fashion_conv.fit import PROGRESS_REFRESH_STEPS, build_cli
+    from fashion_conv.progress import StepProgressBar
+
+    trainer = build_cli(fit_args(tiny_data_dir, tmp_path, "--trainer.enable_progress_bar", "true")).trainer
+    assert isinstance(trainer.logger, TensorBoardLogger) and trainer.logger.log_dir == str(tmp_path / "lightning_logs" / "mlp" / "version_0")
+    assert trainer.logger._default_hp_metric is False  # no hp_metric -1 scalar: the HPARAMS tab gets real metrics
+    assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)  # a kill mid-save keeps the old checkpoint
+    bars = [c for c in trainer.callbacks if isinstance(c, ProgressBar)]
+    assert [type(b) for b in bars] == [StepProgressBar] and bars[0].refresh_rate == PROGRESS_REFRESH_STEPS
+    # One callback in a config file is not a list; it joins the defaults all the same.
+    config = {"data": {"data_dir": str(tiny_data_dir)}, "trainer": {"default_root_dir": str(tmp_path), "callbacks": {"class_path": "LearningRateMonitor"}}}
+    callbacks = build_cli(config).trainer.callbacks
+    assert sum(isinstance(c, LearningRateMonitor) for c in callbacks) == 1 and sum(isinstance(c, StepProgressBar) for c in callbacks) == 1
+    without = build_cli(fit_args(tiny_data_dir, tmp_path, "--trainer.logger", "false")).trainer
+    assert without.logger is None and [p.name for p in (tmp_path / "lightning_logs" / "mlp").iterdir()] == ["version_0"]  # none reserved
