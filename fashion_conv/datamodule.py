@@ -158,6 +158,7 @@ class FashionMNISTDataModule(L.LightningDataModule):
         for name, value in (("train_size", train_size), ("test_size", test_size), ("steps_per_call", steps_per_call)):
             if value is not None and value < 1:
                 raise FashionConvError(f"--data.{name} must be at least 1, got {value}")
+        data_dir = str(data_dir)  # a Path in the hyperparameters would make every checkpoint fail a weights-only load
         self.save_hyperparameters()
         self.data_dir = Path(data_dir)
         self.class_names = CLASS_NAMES

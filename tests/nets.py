@@ -44,6 +44,16 @@ class PauseInTest(Callback):
             time.sleep(self.seconds)
 
 
+class SignalInTest(Callback):
+    """Test helper: send this process ``signum`` (SIGINT: Ctrl-C) as the final test starts, in-process."""
+
+    def __init__(self, signum: int = 2):
+        self.signum = signum
+
+    def on_test_start(self, trainer, pl_module):
+        os.kill(os.getpid(), self.signum)
+
+
 class RecordSigterm(Callback):
     """Test helper: write the name of the SIGTERM handler in force during the first training batch to ``path``."""
 

@@ -344,3 +344,53 @@ def test_fit_builds_its_trainer_with_our_logger_checkpoint_io_and_progress_bar(t
     assert sum(isinstance(c, LearningRateMonitor) for c in callbacks) == 1 and sum(isinstance(c, StepProgressBar) for c in callbacks) == 1
     without = build_cli(fit_args(tiny_data_dir, tmp_path, "--trainer.logger", "false")).trainer
     assert without.logger is None and [p.name for p in (tmp_path / "lightning_logs" / "mlp").iterdir()] == ["version_0"]  # none reserved
+
+
+def test_ctrl_c_while_testing_stops_the_run_without_a_report(tiny_data_dir, tmp_path, capsys):
+    """fit catches SIGINT and SIGTERM from data set-up to the last file written (the slow tests signal a real process)."""
+    import signal
+
+    args = fit_args(tiny_data_dir, tmp_path, "--trainer.max_epochs", "1", "--trainer.callbacks+=nets.SignalInTest")
+    assert main(args) == 130
+    run = tmp_path / "lightning_logs" / "mlp" / "version_0"
+    last = run / "checkpoints" / "last.ckpt"
+    assert capsys.readouterr().err.strip().endswith(f"Stopped by SIGINT; {last} is saved: resume with --ckpt_path last.")
+    assert last.is_file() and not (run / "metrics.json").exists() and not (run / "model.pth").exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # given back
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        from pathlib import Path
+
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_train_and_test_runs_in_a_users_own_trainer_and_loads_weights_only(tiny_data_dir, tmp_path):
+    """Importers call train_and_test with their own Trainer (no GracefulStop): it times the run itself."""
+    import time
+
+    from lightning import Trainer
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from fashion_conv import FashionMNISTDataModule
+    from fashion_conv.fit import train_and_test
+
+    def trainer():
+        best = ModelCheckpoint(monitor="val/acc", mode="max")
+        return Trainer(max_epochs=1, default_root_dir=tmp_path, logger=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[best])
+
+    data = FashionMNISTDataModule(tiny_data_dir, val_size=20, batch_size=16)
+    assert data.hparams.data_dir == str(tiny_data_dir)  # a Path, pickled in each checkpoint, fails weights-only loads
+    start = time.perf_counter()
+    summary = train_and_test(trainer(), FashionClassifier("mlp"), data, None, 7)
+    assert 0 < summary["train_seconds"] <= round(time.perf_counter() - start, 2) + 0.01
+    assert summary["seed"] == 7 and summary["epochs"] == 1 and json.loads((tmp_path / "metrics.json").read_text()) == summary
+    marker, evil = tmp_path / "ran", tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "x": _Payload(marker)}, evil)
+    with pytest.raises(Exception, match="Weights only load failed"):
+        train_and_test(trainer(), FashionClassifier("mlp"), data, evil, 7)
+    assert not marker.exists()
