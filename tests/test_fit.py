@@ -370,7 +370,7 @@ class _Payload:
         return (Path.touch, (Path(self.marker),))
 
 
-def test_train_and_test_runs_in_a_users_own_trainer_and_loads_weights_only(tiny_data_dir, tmp_path):
+def test_train_and_test_runs_in_a_users_own_trainer_and_loads_weights_only(tiny_data_dir, tmp_path, monkeypatch):
     """Importers call train_and_test with their own Trainer (no GracefulStop): it times the run itself."""
     import time
 
@@ -386,6 +386,8 @@ def test_train_and_test_runs_in_a_users_own_trainer_and_loads_weights_only(tiny_
 
     data = FashionMNISTDataModule(tiny_data_dir, val_size=20, batch_size=16)
     assert data.hparams.data_dir == str(tiny_data_dir)  # a Path, pickled in each checkpoint, fails weights-only loads
+    loads, load = [], torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **kw: loads.append(kw.get("weights_only")) or load(*a, **kw))
     start = time.perf_counter()
     summary = train_and_test(trainer(), FashionClassifier("mlp"), data, None, 7)
     assert 0 < summary["train_seconds"] <= round(time.perf_counter() - start, 2) + 0.01
@@ -395,3 +397,4 @@ def test_train_and_test_runs_in_a_users_own_trainer_and_loads_weights_only(tiny_
     with pytest.raises(Exception, match="Weights only load failed"):
         train_and_test(trainer(), FashionClassifier("mlp"), data, evil, 7)
     assert not marker.exists()
+    assert loads == [True, True]  # the best checkpoint for test, then the resume: said explicitly, not torch's default
