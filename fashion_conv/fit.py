@@ -322,7 +322,7 @@ def train_and_test(trainer: Trainer, model: LightningModule, data: LightningData
         "val_acc": float(checkpoint.best_model_score) if best and checkpoint.best_model_score is not None else None,
         "test_acc": tested["test/acc"],
         "test_loss": tested["test/loss"],
-        "tta_hflip": bool(model.hparams.get("tta_hflip", False)),  # val_acc and test_acc averaged over mirror images
+        "tta_hflip": bool(model.hparams.tta_hflip),  # val_acc and test_acc averaged over mirror images
         "train_seconds": round(train_seconds, 2),
         "seed": seed,
         "precision": str(trainer.precision),

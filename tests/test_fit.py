@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from lightning.pytorch.loggers import Logger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from fashion_conv import FashionClassifier, FashionConvError, load_backbone
@@ -106,6 +107,7 @@ def test_summary_is_printed(tiny_data_dir, tmp_path, capsys):
     out = capsys.readouterr().out
     for piece in ("backbone        mlp (203,530 parameters)", "best val acc", "best checkpoint by val/acc)", "training time", "lightning_logs/mlp/version_0"):
         assert piece in out
+    assert "Test metric" not in out  # the summary, not Lightning's test table as well
 
 
 def test_tensorboard_run(finished_run):
@@ -360,6 +362,16 @@ def test_ctrl_c_while_testing_stops_the_run_without_a_report(tiny_data_dir, tmp_
     assert signal.getsignal(signal.SIGINT) is before  # given back
 
 
+class _NoFolderLogger(Logger):
+    name, version = "nofolder", 0
+
+    def log_metrics(self, metrics, step=None):
+        pass
+
+    def log_hyperparams(self, params, *args, **kwargs):
+        pass
+
+
 class _Payload:
     def __init__(self, marker):
         self.marker = str(marker)
@@ -380,21 +392,29 @@ def test_train_and_test_runs_in_a_users_own_trainer_and_loads_weights_only(tiny_
     from fashion_conv import FashionMNISTDataModule
     from fashion_conv.fit import train_and_test
 
-    def trainer():
-        best = ModelCheckpoint(monitor="val/acc", mode="max")
-        return Trainer(max_epochs=1, default_root_dir=tmp_path, logger=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[best])
+    def trainer(monitor="val/acc", logger=False):
+        best = ModelCheckpoint(monitor=monitor, mode="max")
+        return Trainer(max_epochs=1, default_root_dir=tmp_path, logger=logger, enable_progress_bar=False, enable_model_summary=False, callbacks=[best])
 
     data = FashionMNISTDataModule(tiny_data_dir, val_size=20, batch_size=16)
     assert data.hparams.data_dir == str(tiny_data_dir)  # a Path, pickled in each checkpoint, fails weights-only loads
     loads, load = [], torch.load
     monkeypatch.setattr(torch, "load", lambda *a, **kw: loads.append(kw.get("weights_only")) or load(*a, **kw))
     start = time.perf_counter()
-    summary = train_and_test(trainer(), FashionClassifier("mlp"), data, None, 7)
+    fit = trainer()
+    summary = train_and_test(fit, FashionClassifier("mlp"), data, None, 7)
     assert 0 < summary["train_seconds"] <= round(time.perf_counter() - start, 2) + 0.01
-    assert summary["seed"] == 7 and summary["epochs"] == 1 and json.loads((tmp_path / "metrics.json").read_text()) == summary
+    assert summary["train_seconds"] == round(summary["train_seconds"], 2)
+    assert summary["val_acc"] == float(fit.checkpoint_callback.best_model_score) and summary["run_dir"] == str(tmp_path)
+    assert summary["seed"] == 7 and summary["epochs"] == 1 and summary["accelerator"] == "CPUAccelerator" and summary["tta_hflip"] is False
+    assert json.loads((tmp_path / "metrics.json").read_text()) == summary
+    # A checkpoint callback that monitors nothing (its best is the last), and a logger with no folder of its own.
+    summary = train_and_test(trainer(monitor=None, logger=_NoFolderLogger()), FashionClassifier("mlp"), data, None, 7)
+    assert summary["val_acc"] is None and summary["best_checkpoint"].endswith(".ckpt") and summary["run_dir"] is None
+    assert json.loads((tmp_path / "metrics.json").read_text()) == summary  # written in default_root_dir
     marker, evil = tmp_path / "ran", tmp_path / "evil.ckpt"
     torch.save({"state_dict": {}, "x": _Payload(marker)}, evil)
     with pytest.raises(Exception, match="Weights only load failed"):
         train_and_test(trainer(), FashionClassifier("mlp"), data, evil, 7)
     assert not marker.exists()
-    assert loads == [True, True]  # the best checkpoint for test, then the resume: said explicitly, not torch's default
+    assert loads == [True, True, True]  # each best checkpoint for test, then the resume: said explicitly, not torch's default
