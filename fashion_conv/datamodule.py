@@ -255,7 +255,7 @@ class FashionMNISTDataModule(L.LightningDataModule):
         trainer = self.trainer
         if trainer is None or trainer.world_size <= 1 or len(dataset) % trainer.world_size:
             return None
-        return DistributedSampler(dataset, trainer.world_size, trainer.global_rank, shuffle=False)
+        return DistributedSampler(dataset, trainer.world_size, trainer.global_rank, shuffle=False)  # pragma: no mutate: equivalent, None is as False
 
     def predict_dataloader(self) -> DataLoader:
         """The test set in file order, as ``(x, y)`` batches; ``predict_step`` ignores ``y``."""

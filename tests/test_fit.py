@@ -2,6 +2,7 @@
 
 import argparse
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -296,6 +297,13 @@ def test_a_class_path_run_resumes_when_named_again(tiny_data_dir, tmp_path):
     assert json.loads((tmp_path / "lightning_logs" / "TinyNet" / "version_0" / "metrics.json").read_text())["epochs"] == 2
 
 
+class _ListedEmpty(type(Path())):
+    """A runs folder whose listing came before other runs made their folders."""
+
+    def glob(self, pattern):
+        return iter(())
+
+
 def test_each_run_reserves_the_next_free_version_folder(tmp_path, monkeypatch):
     from fashion_conv.fit import _VERSION_ENV, reserve_version
 
@@ -306,6 +314,11 @@ def test_each_run_reserves_the_next_free_version_folder(tmp_path, monkeypatch):
     (runs / "version_x").mkdir()  # not a number: ignored
     assert reserve_version(runs) == "version_8" and reserve_version(runs) == "version_9"
     assert sorted(p.name for p in runs.iterdir()) == ["version_0", "version_7", "version_8", "version_9", "version_x"]
+    # Another run made folders after this one listed them: it tries the next number until mkdir succeeds.
+    racing = tmp_path / "racing"
+    for n in (0, 1, 2):
+        (racing / f"version_{n}").mkdir(parents=True)
+    assert reserve_version(_ListedEmpty(racing)) == "version_3"
     monkeypatch.setenv("LOCAL_RANK", "0")  # rank 0 of a DDP run reserves as a single process does
     assert reserve_version(runs) == "version_10"
     monkeypatch.setenv("LOCAL_RANK", "1")  # a DDP worker joins the folder that rank 0 reserved
@@ -331,7 +344,10 @@ def test_fit_builds_its_trainer_with_our_logger_checkpoint_io_and_progress_bar(t
     from lightning.pytorch.loggers import TensorBoardLogger
 
     from fashion_conv.checkpoints import AtomicCheckpointIO
-    from fashion_conv.fit import PROGRESS_REFRESH_STEPS, build_cli
+    from lightning.pytorch.profilers import SimpleProfiler
+
+    from fashion_conv.explain.callback import ExplainFigures
+    from fashion_conv.fit import PROGRESS_REFRESH_STEPS, NoProfiler, build_cli
     from fashion_conv.progress import StepProgressBar
 
     trainer = build_cli(fit_args(tiny_data_dir, tmp_path, "--trainer.enable_progress_bar", "true")).trainer
@@ -340,6 +356,10 @@ def test_fit_builds_its_trainer_with_our_logger_checkpoint_io_and_progress_bar(t
     assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)  # a kill mid-save keeps the old checkpoint
     bars = [c for c in trainer.callbacks if isinstance(c, ProgressBar)]
     assert [type(b) for b in bars] == [StepProgressBar] and bars[0].refresh_rate == PROGRESS_REFRESH_STEPS
+    assert type(trainer.profiler) is NoProfiler and [c.enabled for c in trainer.callbacks if isinstance(c, ExplainFigures)] == [True]
+    options = ("--trainer.profiler", "simple", "--explain_figures", "false")
+    trainer = build_cli(fit_args(tiny_data_dir, tmp_path / "options", *options)).trainer
+    assert type(trainer.profiler) is SimpleProfiler and [c.enabled for c in trainer.callbacks if isinstance(c, ExplainFigures)] == [False]
     # One callback in a config file is not a list; it joins the defaults all the same.
     config = {"data": {"data_dir": str(tiny_data_dir)}, "trainer": {"default_root_dir": str(tmp_path), "callbacks": {"class_path": "LearningRateMonitor"}}}
     callbacks = build_cli(config).trainer.callbacks
