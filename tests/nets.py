@@ -54,6 +54,22 @@ class SignalInTest(Callback):
         os.kill(os.getpid(), self.signum)
 
 
+class CtrlCAtStart(Callback):
+    """Test helper: Ctrl-C while fit builds its objects (raised from this callback's construction)."""
+
+    def __init__(self):
+        raise KeyboardInterrupt
+
+
+class FullDiskInSetup(Callback):
+    """Test helper: the disk is full when the run sets up (a WriteError, as an atomic write raises it)."""
+
+    def setup(self, trainer, pl_module, stage):
+        from fashion_conv.atomic import WriteError
+
+        raise WriteError(Path(trainer.default_root_dir) / "run.ckpt", "No space left on device")
+
+
 class RecordSigterm(Callback):
     """Test helper: write the name of the SIGTERM handler in force during the first training batch to ``path``."""
 

@@ -438,3 +438,13 @@ def test_train_and_test_runs_in_a_users_own_trainer_and_loads_weights_only(tiny_
         train_and_test(trainer(), FashionClassifier("mlp"), data, evil, 7)
     assert not marker.exists()
     assert loads == [True, True, True]  # each best checkpoint for test, then the resume: said explicitly, not torch's default
+
+
+def test_ctrl_c_while_fit_starts_and_a_full_disk_in_setup_are_one_line_each(tiny_data_dir, tmp_path, capsys):
+    assert main(fit_args(tiny_data_dir, tmp_path, "--trainer.callbacks+=nets.CtrlCAtStart")) == 130
+    assert capsys.readouterr().err == "Stopped by SIGINT before the first checkpoint; nothing to resume.\n"
+    assert main(fit_args(tiny_data_dir, tmp_path, "--trainer.callbacks+=nets.FullDiskInSetup")) == 1
+    ckpt = tmp_path / "run.ckpt"
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert err == f"error: {ckpt}: cannot write it (No space left on device); nothing was lost: any earlier run.ckpt is intact; free space, then resume with --ckpt_path last"
+    assert not list(tmp_path.glob("lightning_logs/mlp/*"))  # the reserved folder held nothing yet: removed
