@@ -62,12 +62,21 @@ class CtrlCAtStart(Callback):
 
 
 class FullDiskInSetup(Callback):
-    """Test helper: the disk is full when the run sets up (a WriteError, as an atomic write raises it)."""
+    """Test helper: the disk is full when the run sets up: a WriteError as an atomic write raises it (``atomic``),
+    or the OSError of another write, naming its file (``named``) or not (``unnamed``)."""
+
+    def __init__(self, kind: str = "atomic"):
+        self.kind = kind
 
     def setup(self, trainer, pl_module, stage):
+        import errno
+
         from fashion_conv.atomic import WriteError
 
-        raise WriteError(Path(trainer.default_root_dir) / "run.ckpt", "No space left on device")
+        path = Path(trainer.default_root_dir) / "run.ckpt"
+        if self.kind == "atomic":
+            raise WriteError(path, "No space left on device")
+        raise OSError(errno.ENOSPC, "No space left on device", *([str(path)] if self.kind == "named" else []))
 
 
 class RecordSigterm(Callback):

@@ -427,6 +427,7 @@ def test_train_and_test_runs_in_a_users_own_trainer_and_loads_weights_only(tiny_
     assert summary["train_seconds"] == round(summary["train_seconds"], 2)
     assert summary["val_acc"] == float(fit.checkpoint_callback.best_model_score) and summary["run_dir"] == str(tmp_path)
     assert summary["seed"] == 7 and summary["epochs"] == 1 and summary["accelerator"] == "CPUAccelerator" and summary["tta_hflip"] is False
+    assert summary["resumed_from"] is None
     assert json.loads((tmp_path / "metrics.json").read_text()) == summary
     # A checkpoint callback that monitors nothing (its best is the last), and a logger with no folder of its own.
     summary = train_and_test(trainer(monitor=None, logger=_NoFolderLogger()), FashionClassifier("mlp"), data, None, 7)
@@ -448,3 +449,11 @@ def test_ctrl_c_while_fit_starts_and_a_full_disk_in_setup_are_one_line_each(tiny
     err = capsys.readouterr().err.splitlines()[-1]
     assert err == f"error: {ckpt}: cannot write it (No space left on device); nothing was lost: any earlier run.ckpt is intact; free space, then resume with --ckpt_path last"
     assert not list(tmp_path.glob("lightning_logs/mlp/*"))  # the reserved folder held nothing yet: removed
+    for kind, where in (("named", ckpt), ("unnamed", "a file of the run")):
+        args = fit_args(tiny_data_dir, tmp_path, "--trainer.callbacks+=nets.FullDiskInSetup", f"--trainer.callbacks.kind={kind}")
+        assert main(args) == 1
+        assert capsys.readouterr().err.splitlines()[-1] == (
+            f"error: {where}: cannot write it (No space left on device); nothing was lost: the checkpoints written "
+            "before are complete, so free space, then resume with --ckpt_path last"
+        )
+        assert not list(tmp_path.glob("lightning_logs/mlp/*"))
