@@ -36,9 +36,8 @@ def write_csv(path: str | Path, labels: np.ndarray, images: np.ndarray) -> None:
     table = np.column_stack([labels.reshape(-1, 1), images.reshape(len(images), -1)]).astype(np.uint8)  # pragma: no mutate: equivalent, see above
     with atomic_path(path) as tmp:
         pd.DataFrame(table, columns=HEADER).to_csv(tmp, index=False, lineterminator="\n")  # pragma: no mutate: equivalent, index=None is as False
-    with open(path, "rb") as f:
-        raw, stat = f.read(), os.fstat(f.fileno())
-    _write_cache(Path(path), table, _digest(raw), stat)
+    # Keyed by the digest only: a file changed this instant has a stat that is not trusted yet (_RACY_NS).
+    _write_cache(Path(path), table, _digest(Path(path).read_bytes()), None)
 
 
 def read_csv(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
