@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import re
@@ -73,13 +74,11 @@ def reserve_version(runs_dir: Path) -> str:
         return os.environ[_VERSION_ENV]  # a DDP worker process: the folder rank 0 reserved
     runs_dir.mkdir(parents=True, exist_ok=True)
     taken = [int(p.name[8:]) for p in runs_dir.glob("version_*") if p.name[8:].isdigit()]
-    n = max(taken, default=-1) + 1
-    while True:
+    for n in itertools.count(max(taken, default=-1) + 1):
         try:
             (runs_dir / f"version_{n}").mkdir()
         except FileExistsError:
-            n += 1
-            continue
+            continue  # another run made it after the listing
         os.environ[_VERSION_ENV] = f"version_{n}"  # inherited by DDP worker processes, which Lightning starts later
         return f"version_{n}"
 
