@@ -65,6 +65,26 @@ def test_shuffle_depends_on_seed_and_epoch_only(tiny_data_dir):
     assert sorted(first_labels(1, 0)) == sorted(first_labels(2, 3))
 
 
+def test_the_shuffle_of_any_seed_is_torchs_randperm_of_the_mixed_seed(tiny_data_dir):
+    from torch.utils.data import DistributedSampler
+
+    from fashion_conv.datamodule import EpochShuffle
+
+    for seed, epoch in ((0, 0), (7, 3), (2**62, 1)):  # 2**62 x 1_000_003 passes 2**63: the seed wraps there
+        sampler = EpochShuffle(50, seed)
+        sampler.set_epoch(epoch)
+        mixed = (seed * 1_000_003 + epoch) % 2**63
+        assert list(sampler) == torch.randperm(50, generator=torch.Generator().manual_seed(mixed)).tolist()
+    # Under DDP each process takes its shard of one shuffle (a trainer for 2 processes, not launched).
+    from lightning import Trainer
+
+    dm = make(tiny_data_dir, shuffle_seed=2**63 + 5)  # torch seeds are below 2**63 here
+    dm.trainer = Trainer(accelerator="cpu", strategy="ddp", devices=2, logger=False)
+    sampler = dm.train_dataloader().sampler
+    assert type(sampler) is DistributedSampler and (sampler.num_replicas, sampler.rank, sampler.shuffle) == (2, 0, True)
+    assert sampler.seed == 5 and len(list(sampler)) == 50
+
+
 def test_prepare_data_builds_csvs_from_raw_idx(tiny_idx, tmp_path, monkeypatch):
     src, specs = tiny_idx
     # The same code path as the CLI, with the tiny files' specs instead of the official ones.

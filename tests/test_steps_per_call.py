@@ -236,3 +236,26 @@ def test_grouped_steps_bypass_lightnings_hooks_only_where_they_would_do_nothing(
     model = FashionClassifier("mlp")
     model.trainer = Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, **trainer_kwargs())
     assert model._plain_steps() is plain
+    model.automatic_optimization = False  # grouped calls
+    model.on_train_start()
+    assert model._direct is plain
+    model.automatic_optimization = True  # one batch a call: Lightning steps, never the module
+    model.on_train_start()
+    assert model._direct is False
+
+
+def test_epoch_metrics_are_averaged_over_processes_under_ddp(tmp_path, make_tiny_data, monkeypatch):
+    """What each epoch-level log asks of a DDP run (here one process, where the averages change nothing): losses
+    averaged over processes (sync_dist), accuracies by torchmetrics, which gathers every process's counts."""
+    from fashion_conv import FashionClassifier
+
+    asked, log = {}, FashionClassifier.log
+
+    def record(self, name, value, **kwargs):
+        asked.setdefault(name, kwargs.get("sync_dist"))
+        log(self, name, value, **kwargs)
+
+    monkeypatch.setattr(FashionClassifier, "log", record)
+    fit_tiny(make_tiny_data(tmp_path / "data"), tmp_path, "--trainer.max_epochs", "1")
+    assert asked == {"train/loss": None, "train/acc": True, "train/loss_epoch": True, "val/loss": True, "val/acc": None,
+                     "test/loss": True, "test/acc": None}  # fmt: skip
