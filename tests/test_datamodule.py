@@ -239,3 +239,19 @@ def test_prepare_data_passes_the_download_choice_as_the_mirror(tmp_path, monkeyp
     monkeypatch.setattr(datamodule_module, "prepare_data", lambda *args, **kwargs: calls.append((args, kwargs)))
     FashionMNISTDataModule(data_dir=tmp_path, download=download).prepare_data()
     assert calls == [((tmp_path,), {"mirror": mirror})]  # None: the default mirror; "": never download
+
+
+def test_loaders_move_the_images_to_the_trainers_device_only_without_workers(tiny_data_dir):
+    from types import SimpleNamespace
+
+    def loader(**kw):
+        dm = make(tiny_data_dir, **kw)
+        dm.setup("fit")
+        dm.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("meta")), world_size=1)  # a stand-in device
+        return dm.val_dataloader()
+
+    on_device = loader()
+    assert on_device.dataset.images.device.type == "meta" and (on_device.num_workers, on_device.persistent_workers) == (0, False)
+    for kw, workers in (({"num_workers": 1}, 1), ({"num_workers": 2}, 2), ({"data_on_device": False}, 0)):
+        kept = loader(**kw)  # worker processes cut batches on the CPU; data_on_device false keeps them there
+        assert kept.dataset.images.device.type == "cpu" and (kept.num_workers, kept.persistent_workers) == (workers, workers > 0), kw

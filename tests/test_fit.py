@@ -457,3 +457,11 @@ def test_ctrl_c_while_fit_starts_and_a_full_disk_in_setup_are_one_line_each(tiny
             "before are complete, so free space, then resume with --ckpt_path last"
         )
         assert not list(tmp_path.glob("lightning_logs/mlp/*"))
+
+
+def test_without_a_root_dir_runs_go_under_the_working_folder(tiny_data_dir, tmp_path, monkeypatch):
+    from fashion_conv.fit import build_cli
+
+    monkeypatch.chdir(tmp_path)
+    trainer = build_cli(["--data.data_dir", str(tiny_data_dir), "--model.backbone", "mlp"]).trainer
+    assert trainer.logger.log_dir == "lightning_logs/mlp/version_0" and (tmp_path / "lightning_logs" / "mlp" / "version_0").is_dir()

@@ -98,6 +98,13 @@ def test_a_checkpoint_from_before_a_data_option_existed_resumes_with_its_default
     assert main(fit_args(data, tmp_path, "--ckpt_path", str(old), "--data.steps_per_call", "4")) == 1
     # random_shift: missing means the value asked for; steps_per_call: missing means 1 (one batch a call), not 4.
     assert capsys.readouterr().err.startswith(f"error: {old}: was trained with --data.steps_per_call 1 (now 4); a resumed run")
+    from types import SimpleNamespace
+
+    from fashion_conv.fit import resolve_steps_per_call
+
+    config = SimpleNamespace(data=SimpleNamespace(steps_per_call=None, batch_size=16), trainer=SimpleNamespace())
+    resolve_steps_per_call(config, old)  # left to fit: the old checkpoint's one batch a call, not the default 16
+    assert config.data.steps_per_call == 1
 
 
 @pytest.mark.parametrize(

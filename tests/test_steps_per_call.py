@@ -259,3 +259,17 @@ def test_epoch_metrics_are_averaged_over_processes_under_ddp(tmp_path, make_tiny
     fit_tiny(make_tiny_data(tmp_path / "data"), tmp_path, "--trainer.max_epochs", "1")
     assert asked == {"train/loss": None, "train/acc": True, "train/loss_epoch": True, "val/loss": True, "val/acc": None,
                      "test/loss": True, "test/acc": None}  # fmt: skip
+
+
+def test_lightnings_logging_interval_warning_is_dropped_only_for_grouped_calls(tmp_path, make_tiny_data):
+    """Lightning warns when an epoch has fewer batches than log_every_n_steps, but counts calls; grouped calls log
+    by optimizer step, so that warning is dropped for them (and kept for one batch a call)."""
+    import warnings
+
+    data = make_tiny_data(tmp_path / "data")
+    for group, warned in (("1", True), ("2", False)):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            fit_tiny(data, tmp_path / group, "--trainer.max_epochs", "1", "--trainer.log_every_n_steps", "50", "--data.steps_per_call", group)
+        texts = [str(w.message) for w in caught]
+        assert any("is smaller than the logging interval" in t for t in texts) is warned, (group, texts)
