@@ -465,3 +465,15 @@ def test_without_a_root_dir_runs_go_under_the_working_folder(tiny_data_dir, tmp_
     monkeypatch.chdir(tmp_path)
     trainer = build_cli(["--data.data_dir", str(tiny_data_dir), "--model.backbone", "mlp"]).trainer
     assert trainer.logger.log_dir == "lightning_logs/mlp/version_0" and (tmp_path / "lightning_logs" / "mlp" / "version_0").is_dir()
+
+
+def test_the_run_folder_is_named_by_the_backbone_however_it_is_given():
+    from types import SimpleNamespace
+
+    from jsonargparse import Namespace
+
+    from fashion_conv.fit import _backbone_name
+
+    assert _backbone_name(SimpleNamespace(backbone="cnn5")) == "cnn5"
+    assert _backbone_name(SimpleNamespace(backbone=Namespace(class_path="nets.TinyNet"))) == "nets.TinyNet"
+    assert _backbone_name(SimpleNamespace(backbone={"class_path": "nets.TinyNet", "init_args": {}})) == "nets.TinyNet"

@@ -273,3 +273,39 @@ def test_lightnings_logging_interval_warning_is_dropped_only_for_grouped_calls(t
             fit_tiny(data, tmp_path / group, "--trainer.max_epochs", "1", "--trainer.log_every_n_steps", "50", "--data.steps_per_call", group)
         texts = [str(w.message) for w in caught]
         assert any("is smaller than the logging interval" in t for t in texts) is warned, (group, texts)
+
+
+def test_setup_chooses_manual_steps_for_grouped_batches_and_refuses_conflicts(tiny_data_dir):
+    from lightning import Trainer
+
+    from fashion_conv import FashionClassifier
+
+    for group, automatic in ((1, True), (2, False), (16, False)):
+        model = FashionClassifier("mlp")
+        model.trainer = Trainer(accelerator="cpu", logger=False, enable_checkpointing=False)
+        model.trainer.datamodule = FashionMNISTDataModule(tiny_data_dir, steps_per_call=group)
+        model.setup("fit")
+        assert model.automatic_optimization is automatic, group
+    model.trainer = Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, gradient_clip_val=1.0, accumulate_grad_batches=2)
+    model.trainer.datamodule = FashionMNISTDataModule(tiny_data_dir, steps_per_call=2)
+    with pytest.raises(FashionConvError) as info:
+        model.setup("fit")
+    assert str(info.value) == ("--data.steps_per_call 2 cannot run with --trainer.gradient_clip_val, --trainer.accumulate_grad_batches: "
+                               "they count single batches; use --data.steps_per_call 1")  # fmt: skip
+
+
+def test_fit_refuses_an_explicit_group_with_settings_that_count_single_batches(tmp_path, make_tiny_data, capsys):
+    from types import SimpleNamespace
+
+    from fashion_conv.fit import resolve_steps_per_call
+
+    def resolved(steps_per_call, **trainer):
+        config = SimpleNamespace(data=SimpleNamespace(steps_per_call=steps_per_call, batch_size=64), trainer=SimpleNamespace(**trainer))
+        resolve_steps_per_call(config, None)
+        return config.data.steps_per_call
+
+    assert resolved(None) == 16 and resolved(None, gradient_clip_val=1.0) == 1 and resolved(1, gradient_clip_val=1.0) == 1
+    with pytest.raises(FashionConvError) as info:
+        resolved(2, gradient_clip_val=1.0, accumulate_grad_batches=2)
+    assert str(info.value) == ("--data.steps_per_call 2 cannot run with --trainer.gradient_clip_val, --trainer.accumulate_grad_batches: "
+                               "they count single batches; leave --data.steps_per_call out, or set it to 1")  # fmt: skip
