@@ -150,7 +150,7 @@ class FashionCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument(
             "--ckpt_path",
-            type=Optional[str],
+            type=Optional[str],  # pragma: no mutate: equivalent, untyped, a command-line value is text too
             default=None,
             help="Resume from this checkpoint; 'last' resumes the newest run of this backbone (or starts fresh).",
         )
@@ -252,7 +252,7 @@ def build_cli(argv: list[str] | dict | None, callbacks: Sequence[Callback] = ())
     return FashionCLI(
         FashionClassifier,
         FashionMNISTDataModule,
-        run=False,
+        run=False,  # pragma: no mutate: equivalent, None is as False
         args=argv,
         seed_everything_default=SEED,
         save_config_kwargs={"overwrite": True},
@@ -262,7 +262,8 @@ def build_cli(argv: list[str] | dict | None, callbacks: Sequence[Callback] = ())
                 # First (trainer.checkpoint_callback): the best epoch by validation accuracy, tested at the end;
                 # also copied to checkpoints/best.ckpt, a name the README's commands can use.
                 BestCheckpoint(
-                    monitor="val/acc", mode="max", filename="best-epoch={epoch}-val_acc={val/acc:.4f}", auto_insert_metric_name=False
+                    monitor="val/acc", mode="max", filename="best-epoch={epoch}-val_acc={val/acc:.4f}",
+                    auto_insert_metric_name=False,  # pragma: no mutate: equivalent, None is as False
                 ),
                 # checkpoints/last.ckpt after every epoch, for --ckpt_path last. (Lightning 2.6's save_last=True
                 # skips epochs that did not improve the monitored metric.)

@@ -95,6 +95,28 @@ def test_a_cache_with_valid_checksum_but_a_bad_label_is_refused(csv_file):
     assert read_csv(csv_file)[0][0] == labels[0]
 
 
+@pytest.mark.parametrize("beside", ["missing", "not a table", "2-D", "stamp only"])
+def test_the_users_cache_serves_when_the_one_beside_the_csv_is_missing_or_unusable(csv_file, monkeypatch, beside):
+    """Two places are tried in turn (beside the CSV, then the user's cache folder): a missing or unusable first
+    one moves on to the second, which serves the table without a parse."""
+    want = read_csv(csv_file)
+    first, second = csvio._cache_paths(csv_file)
+    second.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(first, second)
+    if beside == "missing":
+        first.unlink()
+    else:
+        bad = {"not a table": np.zeros(100, np.float32), "2-D": np.zeros((2, 64 + 785), np.uint8), "stamp only": np.zeros(64, np.uint8)}
+        np.save(first, bad[beside], allow_pickle=False)
+
+    def no_parse(*args):
+        raise AssertionError("parsed the CSV although the user's cache holds it")
+
+    monkeypatch.setattr(csvio, "_parse", no_parse)
+    labels, images = read_csv(csv_file)
+    assert np.array_equal(labels, want[0]) and np.array_equal(images, want[1])
+
+
 @pytest.mark.slow
 def test_training_works_on_a_read_only_data_folder(tiny_data_dir, tmp_path):
     """A read-only bind mount of data/ (a shared dataset mount): the cache goes to the user's cache folder."""

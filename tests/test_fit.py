@@ -144,6 +144,7 @@ def test_resume_with_ckpt_path_last(tiny_data_dir, tmp_path, capsys):
     assert [r.name for r in runs] == ["version_0"]  # continued in the same run folder
     metrics = json.loads((runs[0] / "metrics.json").read_text())
     assert metrics["epochs"] == 3 and metrics["resumed_from"].endswith("last.ckpt")
+    assert not list((runs[0] / "checkpoints").glob("last-v*.ckpt"))  # last.ckpt itself, replaced, not last-v1.ckpt
 
 
 def test_backbone_by_class_path(tiny_data_dir, tmp_path):
@@ -477,3 +478,13 @@ def test_the_run_folder_is_named_by_the_backbone_however_it_is_given():
     assert _backbone_name(SimpleNamespace(backbone="cnn5")) == "cnn5"
     assert _backbone_name(SimpleNamespace(backbone=Namespace(class_path="nets.TinyNet"))) == "nets.TinyNet"
     assert _backbone_name(SimpleNamespace(backbone={"class_path": "nets.TinyNet", "init_args": {}})) == "nets.TinyNet"
+
+
+def test_help_names_the_command_and_says_what_it_does(capsys):
+    from fashion_conv import fit
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0 and out.startswith("usage: python -m fashion_conv.fit ")
+    assert fit.__doc__.splitlines()[0] in " ".join(out.split())  # the module's first line, as argparse wraps it
