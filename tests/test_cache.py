@@ -84,15 +84,30 @@ def test_a_damaged_cache_is_detected_and_rebuilt(csv_file, where):
     assert cache.read_bytes()[pos] != 200  # rebuilt
 
 
-def test_a_cache_with_valid_checksum_but_a_bad_label_is_refused(csv_file):
-    """A cache written wrongly (not damaged after writing) still never serves a label outside 0-9."""
+@pytest.mark.parametrize("label, served", [(9, True), (10, False), (200, False)])
+def test_a_cache_with_valid_checksum_but_a_bad_label_is_refused(csv_file, label, served):
+    """A cache written wrongly (not damaged after writing) still never serves a label outside 0-9 (here the
+    cache's row 0 differs from the CSV's, so the label read shows which one served)."""
     labels, images = read_csv(csv_file)
     table = np.column_stack([labels, images.reshape(30, -1)]).astype(np.uint8)
-    table[0, 0] = 200
+    table[0, 0] = label
     with open(csv_file, "rb") as f:
         raw, stat = f.read(), os.fstat(f.fileno())
     csvio._write_cache(csv_file, table, csvio._digest(raw), stat)
-    assert read_csv(csv_file)[0][0] == labels[0]
+    assert read_csv(csv_file)[0][0] == (label if served else labels[0])
+
+
+def test_an_old_enough_file_is_served_by_its_stat_without_hashing(csv_file, monkeypatch):
+    """Just written, a CSV's stat is not trusted (racy), so the cache is keyed by the digest alone; once the file
+    is old enough the next read stamps its stat, and later reads skip hashing the CSV."""
+    want = read_csv(csv_file)
+    monkeypatch.setattr(csvio, "_RACY_NS", 0)  # from now on the file counts as old enough
+    hashed, digest = [], csvio._digest
+    monkeypatch.setattr(csvio, "_digest", lambda raw: hashed.append(len(raw)) or digest(raw))
+    for _ in range(3):
+        labels, images = read_csv(csv_file)
+        assert np.array_equal(labels, want[0]) and np.array_equal(images, want[1])
+    assert hashed == [csv_file.stat().st_size]  # once, by the first read, which stamped the stat
 
 
 @pytest.mark.parametrize("beside", ["missing", "not a table", "2-D", "stamp only"])
