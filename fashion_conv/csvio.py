@@ -234,7 +234,7 @@ def _digest(raw: bytes) -> bytes:
 def _identity(stat: os.stat_result | None) -> np.ndarray:
     """(5,) int64: what changes when a file's bytes may have changed; zeros for none or a racy one."""
     if stat is None or time.time_ns() - stat.st_ctime_ns < _RACY_NS:
-        return np.zeros(5, dtype=np.int64)
+        return np.zeros(5, dtype=np.int64)  # pragma: no mutate: equivalent, float zeros have the same bytes
     return np.array([stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino, stat.st_dev], dtype=np.int64)
 
 

@@ -149,3 +149,14 @@ def test_training_works_on_a_read_only_data_folder(tiny_data_dir, tmp_path):
     assert len(list((tmp_path / "user-cache" / "fashion_conv").glob("*-fashion-mnist-*.csv.npy"))) == 2
     assert "note: no writable place for the parse cache" in out.stderr  # the second run: nowhere to write, still trained
     assert not (tiny_data_dir / "processed" / ".cache").exists()
+
+
+def test_a_stat_is_trusted_only_two_seconds_after_the_files_last_change():
+    from types import SimpleNamespace
+
+    now = time.time_ns()
+    stat = dict(st_size=10, st_mtime_ns=now - 5_000_000_000, st_ino=7, st_dev=3)
+    fresh = csvio._identity(SimpleNamespace(**stat, st_ctime_ns=now - 1_500_000_000))  # a write in this tick could follow
+    old = csvio._identity(SimpleNamespace(**stat, st_ctime_ns=now - 2_500_000_000))
+    assert fresh.tolist() == [0] * 5 and csvio._identity(None).tolist() == [0] * 5
+    assert old.tolist() == [10, now - 5_000_000_000, now - 2_500_000_000, 7, 3] and old.dtype == np.int64
