@@ -11,6 +11,16 @@ from torch import nn
 from fashion_conv.datamodule import BatchGroup
 
 
+class Payload:
+    """Unpickling this runs code: it would create the marker file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
 class TinyNet(nn.Module):
     def __init__(self, width: int = 8):
         super().__init__()

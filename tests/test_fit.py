@@ -11,6 +11,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from fashion_conv import FashionClassifier, FashionConvError, load_backbone
 from fashion_conv.fit import main
+from nets import Payload
 
 
 def fit_args(data_dir, root, *extra):
@@ -393,16 +394,6 @@ class _NoFolderLogger(Logger):
         pass
 
 
-class _Payload:
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        from pathlib import Path
-
-        return (Path.touch, (Path(self.marker),))
-
-
 def test_train_and_test_runs_in_a_users_own_trainer_and_loads_weights_only(tiny_data_dir, tmp_path, monkeypatch):
     """Importers call train_and_test with their own Trainer (no GracefulStop): it times the run itself."""
     import time
@@ -435,7 +426,7 @@ def test_train_and_test_runs_in_a_users_own_trainer_and_loads_weights_only(tiny_
     assert summary["val_acc"] is None and summary["best_checkpoint"].endswith(".ckpt") and summary["run_dir"] is None
     assert json.loads((tmp_path / "metrics.json").read_text()) == summary  # written in default_root_dir
     marker, evil = tmp_path / "ran", tmp_path / "evil.ckpt"
-    torch.save({"state_dict": {}, "x": _Payload(marker)}, evil)
+    torch.save({"state_dict": {}, "x": Payload(marker)}, evil)
     with pytest.raises(Exception, match="Weights only load failed"):
         train_and_test(trainer(), FashionClassifier("mlp"), data, evil, 7)
     assert not marker.exists()

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from conftest import REPO
+from nets import Payload
 from fashion_conv.backbones import load_backbone
 from fashion_conv.csvio import read_csv
 from fashion_conv.errors import FashionConvError
@@ -123,16 +124,6 @@ def test_same_seed_same_run_other_seed_other_run(reference, tmp_path):
     assert not torch.equal(other["backbone.fc.1.weight"], ref[0]["backbone.fc.1.weight"])
     assert json.loads((run_dir(tmp_path / "b") / "metrics.json").read_text())["seed"] == 7
     assert metrics[0]["seed"] == 42
-
-
-class Payload:
-    """Unpickling this runs code: it would create the marker file."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (Path.touch, (Path(self.marker),))
 
 
 def test_pickled_code_is_refused_and_never_runs(reference, tmp_path, capsys):
