@@ -280,7 +280,7 @@ def _read_cache(csv_path: Path) -> np.ndarray | None:
             with open(csv_path, "rb") as f:
                 digest, stat = _digest(f.read()), os.fstat(f.fileno())
         if stamp[40:56].tobytes() == digest:
-            if not identity.any() and _identity(stat).any():  # now old enough to trust its stat: skip hashing next time
+            if _identity(stat).any():  # a stat old enough to trust, and not the stamped one: stamp it, skip hashing next time
                 _write_cache(csv_path, table, digest, stat)
             return table
     return None

@@ -144,3 +144,19 @@ def test_convnet_refuses_bad_options_with_one_clear_message(kwargs, message):
     with pytest.raises(ValueError) as info:
         ConvNet(**kwargs)
     assert str(info.value) == message
+
+
+def test_num_classes_is_passed_to_the_backbones_that_take_it_and_a_contradiction_is_refused():
+    from fashion_conv import FashionClassifier
+    from fashion_conv.module import _with_num_classes
+
+    assert _with_num_classes("cnn", {}, 10) == {"num_classes": 10}  # a built-in backbone takes it
+    assert _with_num_classes("cnn", {"dropout": 0.5}, 7) == {"dropout": 0.5, "num_classes": 7}
+    assert _with_num_classes("cnn", {"num_classes": 7}, 7) == {"num_classes": 7}
+    assert _with_num_classes("nets.TinyNet", {}, 10) == {}  # a class path gets it only when it is not the default
+    assert _with_num_classes("nets.TinyNet", {}, 7) == {"num_classes": 7}
+    with pytest.raises(ValueError, match=r"^backbone_kwargs num_classes=5 contradicts num_classes=7$"):
+        _with_num_classes("cnn", {"num_classes": 5}, 7)
+    with pytest.raises(FashionConvError, match="backbone_kwargs num_classes=5 contradicts num_classes=7"):
+        FashionClassifier("mlp", backbone_kwargs={"num_classes": 5}, num_classes=7)
+    assert FashionClassifier("mlp", backbone_kwargs={"num_classes": 7}, num_classes=7)(torch.rand(2, 1, 28, 28)).shape == (2, 7)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -110,7 +111,23 @@ def test_an_old_enough_file_is_served_by_its_stat_without_hashing(csv_file, monk
     assert hashed == [csv_file.stat().st_size]  # once, by the first read, which stamped the stat
 
 
-@pytest.mark.parametrize("beside", ["missing", "not a table", "2-D", "stamp only"])
+def test_a_touched_file_is_hashed_once_then_served_by_its_new_stat(csv_file, monkeypatch):
+    """Same bytes, new mtime (a copy, a checkout): the stamped stat no longer matches, so one read hashes the CSV,
+    finds the digest unchanged and stamps the new stat; the reads after it skip hashing again."""
+    want = read_csv(csv_file)
+    monkeypatch.setattr(csvio, "_RACY_NS", 0)
+    read_csv(csv_file)  # stamps the stat
+    hashed, digest = [], csvio._digest
+    monkeypatch.setattr(csvio, "_digest", lambda raw: hashed.append(len(raw)) or digest(raw))
+    later = csv_file.stat().st_mtime_ns + 5_000_000_000
+    os.utime(csv_file, ns=(later, later))
+    for _ in range(3):
+        labels, images = read_csv(csv_file)
+        assert np.array_equal(labels, want[0]) and np.array_equal(images, want[1])
+    assert hashed == [csv_file.stat().st_size]
+
+
+@pytest.mark.parametrize("beside", ["missing", "not a table", "2-D", "stamp only", "damaged", "label 10"])
 def test_the_users_cache_serves_when_the_one_beside_the_csv_is_missing_or_unusable(csv_file, monkeypatch, beside):
     """Two places are tried in turn (beside the CSV, then the user's cache folder): a missing or unusable first
     one moves on to the second, which serves the table without a parse."""
@@ -120,6 +137,15 @@ def test_the_users_cache_serves_when_the_one_beside_the_csv_is_missing_or_unusab
     shutil.copy(first, second)
     if beside == "missing":
         first.unlink()
+    elif beside in ("damaged", "label 10"):
+        flat = np.load(first)
+        body = flat[csvio._STAMP_BYTES :]
+        if beside == "damaged":
+            body[100] ^= 1  # a flipped bit: the CRC no longer matches
+        else:
+            body[0] = 10  # the first row's label, with the CRC made to match: written wrongly, not damaged
+            flat[56:60] = np.array([zlib.crc32(body)], dtype="<u4").view(np.uint8)
+        np.save(first, flat, allow_pickle=False)
     else:
         bad = {"not a table": np.zeros(100, np.float32), "2-D": np.zeros((2, 64 + 785), np.uint8), "stamp only": np.zeros(64, np.uint8)}
         np.save(first, bad[beside], allow_pickle=False)
