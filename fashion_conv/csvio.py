@@ -235,7 +235,10 @@ def _identity(stat: os.stat_result | None) -> np.ndarray:
     """(5,) int64: what changes when a file's bytes may have changed; zeros for none or a racy one."""
     if stat is None or time.time_ns() - stat.st_ctime_ns < _RACY_NS:
         return np.zeros(5, dtype=np.int64)  # pragma: no mutate: equivalent, float zeros have the same bytes
-    return np.array([stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino, stat.st_dev], dtype=np.int64)
+    return np.array(
+        [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino, stat.st_dev],
+        dtype=np.int64,  # pragma: no mutate: equivalent, numpy's default integer here (numpy 2, 64-bit)
+    )
 
 
 def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
@@ -250,7 +253,8 @@ def _write_cache(csv_path: Path, table: np.ndarray, digest: bytes, stat: os.stat
     for cache in _cache_paths(csv_path):
         try:
             with atomic_path(cache) as tmp, open(tmp, "wb") as f:
-                np.save(f, np.concatenate([stamp, table.ravel()]), allow_pickle=False)
+                np.save(f, np.concatenate([stamp, table.ravel()]),
+                        allow_pickle=False)  # pragma: no mutate: equivalent, a uint8 array holds nothing to pickle
             return
         except OSError:
             continue

@@ -3,6 +3,7 @@ parse, a damaged cache file and a read-only data folder all give the CSV's own r
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import time
@@ -177,7 +178,7 @@ def test_training_works_on_a_read_only_data_folder(tiny_data_dir, tmp_path):
     assert not (tiny_data_dir / "processed" / ".cache").exists()
 
 
-def test_a_stat_is_trusted_only_two_seconds_after_the_files_last_change():
+def test_a_stat_is_trusted_only_two_seconds_after_the_files_last_change(monkeypatch):
     from types import SimpleNamespace
 
     now = time.time_ns()
@@ -185,4 +186,40 @@ def test_a_stat_is_trusted_only_two_seconds_after_the_files_last_change():
     fresh = csvio._identity(SimpleNamespace(**stat, st_ctime_ns=now - 1_500_000_000))  # a write in this tick could follow
     old = csvio._identity(SimpleNamespace(**stat, st_ctime_ns=now - 2_500_000_000))
     assert fresh.tolist() == [0] * 5 and csvio._identity(None).tolist() == [0] * 5
+    monkeypatch.setattr(csvio.time, "time_ns", lambda: now)  # the edge: trusted at exactly two seconds
+    assert csvio._identity(SimpleNamespace(**stat, st_ctime_ns=now - 2_000_000_000)).tolist()[2] == now - 2_000_000_000
+    assert csvio._identity(SimpleNamespace(**stat, st_ctime_ns=now - 1_999_999_999)).tolist() == [0] * 5
     assert old.tolist() == [10, now - 5_000_000_000, now - 2_500_000_000, 7, 3] and old.dtype == np.int64
+
+
+def test_the_cache_places_are_beside_the_csv_then_the_users_cache_folder(tmp_path, monkeypatch):
+    path = tmp_path / "processed" / "fashion-mnist-train.csv"
+    key = hashlib.blake2b(str(path.resolve()).encode(), digest_size=8).hexdigest()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert csvio._cache_paths(path) == [
+        tmp_path / "processed" / ".cache" / "fashion-mnist-train.csv.npy",
+        tmp_path / "xdg" / "fashion_conv" / f"{key}-fashion-mnist-train.csv.npy",
+    ]
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert csvio._cache_paths(path)[1] == tmp_path / "home" / ".cache" / "fashion_conv" / f"{key}-fashion-mnist-train.csv.npy"
+
+
+def test_a_data_folder_that_cannot_hold_the_cache_sends_it_to_the_users_folder(tmp_path, monkeypatch):
+    """The first place cannot be written (here its folder's name is taken by a file): the second one gets the
+    cache, and the next read is served from it without a parse."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user-cache"))
+    path = tmp_path / "processed" / "fashion-mnist-train.csv"
+    path.parent.mkdir()
+    (path.parent / ".cache").write_text("a file where the cache folder would go")
+    want = tiny_arrays(30)
+    write_csv(path, *want)
+    second = csvio._cache_paths(path)[1]
+    assert second.is_file()
+
+    def no_parse(*args):
+        raise AssertionError("parsed the CSV although the user's cache holds it")
+
+    monkeypatch.setattr(csvio, "_parse", no_parse)
+    labels, images = read_csv(path)
+    assert np.array_equal(labels, want[0]) and np.array_equal(images, want[1])

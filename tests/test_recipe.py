@@ -158,3 +158,42 @@ def test_ingredients_study_runs_resumes_and_reports(tiny_data_dir, tmp_path, cap
     capsys.readouterr()
     assert ingredients.main(argv) == 0  # finished runs are read back, not trained again
     assert "python -m fashion_conv.fit" not in capsys.readouterr().out
+
+
+def test_the_model_defaults_are_the_notebooks_cnn_and_adam_at_1e_3():
+    model = FashionClassifier()
+    assert dict(model.hparams) == {
+        "backbone": "cnn", "backbone_kwargs": None, "lr": 1e-3, "num_classes": 10, "channels_last": True,
+        "weight_decay": 0.0, "label_smoothing": 0.0, "lr_schedule": "none", "tta_hflip": False,
+    }  # fmt: skip
+    assert model.num_params == 421_642 and model.memory_format == torch.channels_last
+    assert model.backbone.conv[3].weight.is_contiguous(memory_format=torch.channels_last)  # (64, 32, 3, 3): NHWC
+
+
+def test_a_backbone_instance_is_used_as_given_and_named_by_its_class_path():
+    from nets import TinyNet
+
+    net = TinyNet()
+    model = FashionClassifier(net, channels_last=False)
+    assert model.backbone is net and model.hparams.backbone == "nets.TinyNet" and model.num_params == 170
+    assert model.memory_format == torch.contiguous_format
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"lr": 0.0}, "--model.lr must be positive, got 0.0"),
+        ({"lr": -0.001}, "--model.lr must be positive, got -0.001"),
+        ({"weight_decay": -0.1}, "--model.weight_decay must be >= 0 and --model.label_smoothing in [0, 1), got -0.1, 0.0"),
+        ({"label_smoothing": 1.0}, "--model.weight_decay must be >= 0 and --model.label_smoothing in [0, 1), got 0.0, 1.0"),
+        ({"label_smoothing": -0.1}, "--model.weight_decay must be >= 0 and --model.label_smoothing in [0, 1), got 0.0, -0.1"),
+        ({"lr_schedule": "step"}, "--model.lr_schedule 'step': choose none, cosine or onecycle"),
+    ],
+)
+def test_model_options_out_of_range_are_refused_with_one_message(kwargs, message):
+    from fashion_conv import FashionConvError
+
+    with pytest.raises(FashionConvError) as exc:
+        FashionClassifier("mlp", **kwargs)
+    assert str(exc.value) == message
+    FashionClassifier("mlp", lr=1e-9, weight_decay=0.0, label_smoothing=0.999)  # the edges that are allowed
