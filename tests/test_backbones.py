@@ -160,3 +160,31 @@ def test_num_classes_is_passed_to_the_backbones_that_take_it_and_a_contradiction
     with pytest.raises(FashionConvError, match="backbone_kwargs num_classes=5 contradicts num_classes=7"):
         FashionClassifier("mlp", backbone_kwargs={"num_classes": 5}, num_classes=7)
     assert FashionClassifier("mlp", backbone_kwargs={"num_classes": 7}, num_classes=7)(torch.rand(2, 1, 28, 28)).shape == (2, 7)
+
+
+@pytest.mark.parametrize(
+    "name, kwargs, kind",
+    [
+        ("mlp", {"hidden": None}, "NoneType"),
+        ("convnet", {"channels": {32, 64}}, "set"),  # ints, but not a list: its order is not the layers'
+        ("convnet", {"channels": [32, 64.0]}, "list"),
+        ("convnet", {"channels": [32, True]}, "list"),
+    ],
+)
+def test_backbone_kwargs_must_be_plain_values(name, kwargs, kind):
+    key = next(iter(kwargs))
+    with pytest.raises(ValueError) as info:
+        build_backbone(name, **kwargs)
+    assert str(info.value) == f"backbone_kwargs {key!r} is a {kind}; expected a number, string or list of integers"
+
+
+def test_the_parameter_limit_allows_exactly_its_count(monkeypatch):
+    from fashion_conv import backbones
+
+    assert count_parameters(build_backbone("convnet", channels=(16,), hidden=0)) == 31_530
+    monkeypatch.setattr(backbones, "MAX_PARAMETERS", 31_530)
+    build_backbone("convnet", channels=(16,), hidden=0)
+    monkeypatch.setattr(backbones, "MAX_PARAMETERS", 31_529)
+    with pytest.raises(ValueError) as info:
+        build_backbone("convnet", channels=[16], hidden=0)
+    assert str(info.value) == "convnet with {'channels': [16], 'hidden': 0} has 31,530 parameters, more than the 31,529 allowed"
