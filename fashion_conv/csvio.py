@@ -253,8 +253,10 @@ def _write_cache(csv_path: Path, table: np.ndarray, digest: bytes, stat: os.stat
     for cache in _cache_paths(csv_path):
         try:
             with atomic_path(cache) as tmp, open(tmp, "wb") as f:
-                np.save(f, np.concatenate([stamp, table.ravel()]),
-                        allow_pickle=False)  # pragma: no mutate: equivalent, a uint8 array holds nothing to pickle
+                np.save(
+                    f, np.concatenate([stamp, table.ravel()]),
+                    allow_pickle=False,  # pragma: no mutate: equivalent, a uint8 array holds nothing to pickle
+                )  # fmt: skip
             return
         except OSError:
             continue

@@ -136,13 +136,19 @@ class FashionClassifier(LightningModule):
         # validate_args=False: the inputs are ours, and the checks cost more than the update on small batches (its
         # mutants only check valid inputs again: equivalent but for speed). Micro accuracy needs no class count.
         self.accuracy = nn.ModuleDict(
-            {s: MulticlassAccuracy(num_classes,  # pragma: no mutate: equivalent, see above
-                                   average="micro",
-                                   validate_args=False)  # pragma: no mutate: equivalent, see above
-             for s in ("train_", "val_", "test_")}
-        )  # fmt: skip
-        self.confusion = MulticlassConfusionMatrix(num_classes,
-                                                   validate_args=False)  # pragma: no mutate: equivalent, see above
+            {
+                s: MulticlassAccuracy(
+                    num_classes,  # pragma: no mutate: equivalent, see above
+                    average="micro",
+                    validate_args=False,  # pragma: no mutate: equivalent, see above
+                )
+                for s in ("train_", "val_", "test_")
+            }
+        )
+        self.confusion = MulticlassConfusionMatrix(
+            num_classes,
+            validate_args=False,  # pragma: no mutate: equivalent, see above
+        )
         # The epoch's mean training loss. nan_strategy="disable": the NaN check would sync with the device every
         # step (and it also drops the weight argument, so each batch passes its loss once per sample).
         self.train_loss = MeanMetric(nan_strategy="disable")

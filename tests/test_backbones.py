@@ -188,3 +188,16 @@ def test_the_parameter_limit_allows_exactly_its_count(monkeypatch):
     with pytest.raises(ValueError) as info:
         build_backbone("convnet", channels=[16], hidden=0)
     assert str(info.value) == "convnet with {'channels': [16], 'hidden': 0} has 31,530 parameters, more than the 31,529 allowed"
+
+
+def test_the_model_asks_a_registered_builder_for_its_class_count_even_the_default():
+    """A builder whose own default is another count still gets the model's ``num_classes`` (10 by default)."""
+    from fashion_conv import FashionClassifier
+    from fashion_conv.backbones import _REGISTRY
+
+    register_backbone("test-only-three")(lambda num_classes=3: nn.Sequential(nn.Flatten(), nn.Linear(784, num_classes)))
+    try:
+        assert FashionClassifier("test-only-three", channels_last=False)(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+        assert build_backbone("test-only-three")(torch.rand(2, 1, 28, 28)).shape == (2, 3)
+    finally:
+        del _REGISTRY["test-only-three"]

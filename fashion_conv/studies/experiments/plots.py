@@ -18,6 +18,21 @@ def colors(labels: list[str]) -> dict[str, tuple]:
     return {label: _PALETTE[i % len(_PALETTE)] for i, label in enumerate(labels)}
 
 
+def _save(fig: plt.Figure, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _finish_accuracy(fig: plt.Figure, ax: plt.Axes, path: Path, title: str, grid: str = "both", **legend) -> None:
+    """The test-accuracy figures' common end: y label, title, grid, legend (``legend``: its keywords), saved."""
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title)
+    ax.grid(axis=grid, alpha=0.3)
+    ax.legend(**legend)
+    _save(fig, path)
+
+
 def curves(curves_df: pd.DataFrame, labels: list[str], path: Path, title: str) -> None:
     """Loss and accuracy per epoch, train and validation, one line per run (colour: variant, style: seed)."""
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5), sharex=True)
@@ -42,9 +57,7 @@ def curves(curves_df: pd.DataFrame, labels: list[str], path: Path, title: str) -
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     axes[0, 0].legend(fontsize=7, ncol=2)
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def lines(
@@ -72,13 +85,7 @@ def lines(
     ax.set_xticks(sorted({v for x, _, _ in series.values() for v in x}))
     ax.get_xaxis().set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _finish_accuracy(fig, ax, path, title)
 
 
 def bars(groups: list[str], series: dict[str, tuple[list, list]], path: Path, title: str) -> None:
@@ -96,13 +103,7 @@ def bars(groups: list[str], series: dict[str, tuple[list, list]], path: Path, ti
         lowest, highest = min(lowest, float(np.nanmin(mean))), max(highest, float(np.nanmax(mean + std)))
     ax.set_xticks(np.arange(len(groups)), groups)
     ax.set_ylim(max(0.0, lowest - 10), min(100.0, highest) + 4)  # zoom on the range where the bars differ
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(title)
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=len(series))
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _finish_accuracy(fig, ax, path, title, grid="y", loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=len(series))
 
 
 def scatter(points: pd.DataFrame, path: Path, title: str) -> None:
@@ -122,10 +123,4 @@ def scatter(points: pd.DataFrame, path: Path, title: str) -> None:
     ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v / 1000:,.0f}k"))
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("parameters (log scale)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _finish_accuracy(fig, ax, path, title)
