@@ -8,6 +8,7 @@ folder is read-only) and reused only while the CSV's bytes are the ones that wer
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import sys
@@ -248,19 +249,24 @@ def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
 
 def _write_cache(csv_path: Path, table: np.ndarray, digest: bytes, stat: os.stat_result | None) -> None:
     """Write the cache to the first writable place; a read-only data folder is not an error (the next start parses)."""
-    crc = np.array([zlib.crc32(table)], dtype="<u4").view(np.uint8)
-    stamp = np.concatenate([_identity(stat).view(np.uint8), np.frombuffer(digest + crc.tobytes() + _TAG, np.uint8)])
     for cache in _cache_paths(csv_path):
         try:
-            with atomic_path(cache) as tmp, open(tmp, "wb") as f:
-                np.save(
-                    f, np.concatenate([stamp, table.ravel()]),
-                    allow_pickle=False,  # pragma: no mutate: equivalent, a uint8 array holds nothing to pickle
-                )  # fmt: skip
+            _save_cache(cache, table, digest, stat)
             return
         except OSError:
             continue
     print(f"note: no writable place for the parse cache of {csv_path}; it is parsed again next time", file=sys.stderr)
+
+
+def _save_cache(cache: Path, table: np.ndarray, digest: bytes, stat: os.stat_result | None) -> None:
+    """Write one cache file, atomically: the stamp (stat identity, digest, CRC-32 of the table, tag), then the table."""
+    crc = np.array([zlib.crc32(table)], dtype="<u4").view(np.uint8)
+    stamp = np.concatenate([_identity(stat).view(np.uint8), np.frombuffer(digest + crc.tobytes() + _TAG, np.uint8)])
+    with atomic_path(cache) as tmp, open(tmp, "wb") as f:
+        np.save(
+            f, np.concatenate([stamp, table.ravel()]),
+            allow_pickle=False,  # pragma: no mutate: equivalent, a uint8 array holds nothing to pickle
+        )  # fmt: skip
 
 
 def _read_cache(csv_path: Path) -> np.ndarray | None:
@@ -287,6 +293,9 @@ def _read_cache(csv_path: Path) -> np.ndarray | None:
                 digest, stat = _digest(f.read()), os.fstat(f.fileno())
         if stamp[40:56].tobytes() == digest:
             if _identity(stat).any():  # a stat old enough to trust, and not the stamped one: stamp it, skip hashing next time
-                _write_cache(csv_path, table, digest, stat)
+                # In the file that was read: a first place that cannot be written must not send every read to
+                # rewrite the second while the first's old stamp keeps serving (it is hashed each time, as before).
+                with contextlib.suppress(OSError):
+                    _save_cache(cache, table, digest, stat)
             return table
     return None
