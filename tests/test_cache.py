@@ -27,6 +27,15 @@ def csv_file(tmp_path, monkeypatch) -> Path:
     return path
 
 
+def forbid_parsing(monkeypatch) -> None:
+    """From here on, a read that parses the CSV fails: it must be served by a cache."""
+
+    def no_parse(*args):
+        raise AssertionError("parsed the CSV although the user's cache holds it")
+
+    monkeypatch.setattr(csvio, "_parse", no_parse)
+
+
 def edit_label_in_place(path: Path, row: int, digit: bytes) -> None:
     """Overwrite the one-digit label of ``row`` (1-based, after the header) and put the mtime back, as ``touch -r`` does."""
     st = path.stat()
@@ -151,10 +160,7 @@ def test_the_users_cache_serves_when_the_one_beside_the_csv_is_missing_or_unusab
         bad = {"not a table": np.zeros(100, np.float32), "2-D": np.zeros((2, 64 + 785), np.uint8), "stamp only": np.zeros(64, np.uint8)}
         np.save(first, bad[beside], allow_pickle=False)
 
-    def no_parse(*args):
-        raise AssertionError("parsed the CSV although the user's cache holds it")
-
-    monkeypatch.setattr(csvio, "_parse", no_parse)
+    forbid_parsing(monkeypatch)
     labels, images = read_csv(csv_file)
     assert np.array_equal(labels, want[0]) and np.array_equal(images, want[1])
 
@@ -217,9 +223,6 @@ def test_a_data_folder_that_cannot_hold_the_cache_sends_it_to_the_users_folder(t
     second = csvio._cache_paths(path)[1]
     assert second.is_file()
 
-    def no_parse(*args):
-        raise AssertionError("parsed the CSV although the user's cache holds it")
-
-    monkeypatch.setattr(csvio, "_parse", no_parse)
+    forbid_parsing(monkeypatch)
     labels, images = read_csv(path)
     assert np.array_equal(labels, want[0]) and np.array_equal(images, want[1])
