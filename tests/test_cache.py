@@ -226,3 +226,20 @@ def test_a_data_folder_that_cannot_hold_the_cache_sends_it_to_the_users_folder(t
     forbid_parsing(monkeypatch)
     labels, images = read_csv(path)
     assert np.array_equal(labels, want[0]) and np.array_equal(images, want[1])
+
+
+def test_a_restamp_that_cannot_be_written_still_serves_the_cache(csv_file, monkeypatch, capsys):
+    """The re-stamp after a touch is an optimisation: a cache file that cannot be rewritten still serves its rows."""
+    want = read_csv(csv_file)
+    monkeypatch.setattr(csvio, "_RACY_NS", 0)
+    later = csv_file.stat().st_mtime_ns + 5_000_000_000
+    os.utime(csv_file, ns=(later, later))
+
+    def read_only(*args):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(csvio, "_save_cache", read_only)
+    forbid_parsing(monkeypatch)
+    labels, images = read_csv(csv_file)
+    assert np.array_equal(labels, want[0]) and np.array_equal(images, want[1])
+    assert capsys.readouterr().err == ""
