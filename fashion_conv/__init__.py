@@ -2,7 +2,7 @@
 
     from fashion_conv import FashionMNISTDataModule, FashionClassifier, build_backbone, list_backbones
 
-Names are imported on first use, so ``import fashion_conv.backbones`` (torch only) does not pull in Lightning.
+Names are imported on first use, so ``import fashion_conv.models.backbones`` (torch only) does not pull in Lightning.
 """
 
 from __future__ import annotations
@@ -11,26 +11,26 @@ import importlib
 from typing import TYPE_CHECKING
 
 _HOMES = {
-    "CLASS_NAMES": "classes",
-    "DataError": "errors",
-    "FashionClassifier": "module",
-    "FashionConvError": "errors",
-    "FashionMNISTDataModule": "datamodule",
-    "build_backbone": "backbones",
-    "count_parameters": "backbones",
-    "list_backbones": "backbones",
-    "load_backbone": "backbones",
-    "register_backbone": "backbones",
+    "CLASS_NAMES": "data.classes",
+    "DataError": "utils.errors",
+    "FashionClassifier": "models.classifier",
+    "FashionConvError": "utils.errors",
+    "FashionMNISTDataModule": "data.datamodule",
+    "build_backbone": "models.backbones",
+    "count_parameters": "models.backbones",
+    "list_backbones": "models.backbones",
+    "load_backbone": "models.backbones",
+    "register_backbone": "models.backbones",
 }
 
 __all__ = sorted(_HOMES)
 
 if TYPE_CHECKING:  # for IDEs and type checkers; at run time the names load lazily
-    from fashion_conv.backbones import build_backbone, count_parameters, list_backbones, load_backbone, register_backbone
-    from fashion_conv.classes import CLASS_NAMES
-    from fashion_conv.datamodule import FashionMNISTDataModule
-    from fashion_conv.errors import DataError, FashionConvError
-    from fashion_conv.module import FashionClassifier
+    from fashion_conv.models.backbones import build_backbone, count_parameters, list_backbones, load_backbone, register_backbone
+    from fashion_conv.data.classes import CLASS_NAMES
+    from fashion_conv.data.datamodule import FashionMNISTDataModule
+    from fashion_conv.utils.errors import DataError, FashionConvError
+    from fashion_conv.models.classifier import FashionClassifier
 
 
 def __getattr__(name: str):

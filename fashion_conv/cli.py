@@ -1,4 +1,4 @@
-"""``fashion-conv COMMAND ...``: one console command for the ``python -m fashion_conv.COMMAND`` entry points.
+"""``fashion-conv COMMAND ...``: one console command for the ``python -m fashion_conv...`` entry points.
 
 Each command's module is imported only when it runs, so ``fashion-conv --help`` is instant and a command whose
 module is missing from this installation is one error line, not a traceback.
@@ -10,24 +10,25 @@ import importlib
 import runpy
 import sys
 
+# name: (module run as python -m, what it does). Commands first, then the research tools.
 COMMANDS = {
-    "fit": "train, test the best checkpoint, export model.pth (LightningCLI)",
-    "predict": "classify images, folders of images and CSVs with a trained model",
-    "export": "write a trained backbone as TorchScript or a torch.export program",
-    "explain": "what a trained model looks at",
-    "experiments": "the notebook's questions, measured, written up as a report",
-    "ingredients": "what each ingredient of the strong training recipe is worth",
-    "bench": "the notebook's training loop vs fit, timed side by side",
-    "prepare": "build data/processed/*.csv from the official Fashion-MNIST files",
+    "fit": ("fashion_conv.fit", "train, test the best checkpoint, export model.pth (LightningCLI)"),
+    "predict": ("fashion_conv.predict", "classify images, folders of images and CSVs with a trained model"),
+    "export": ("fashion_conv.export", "write a trained backbone as a torch.export program or ONNX"),
+    "prepare": ("fashion_conv.prepare", "build data/processed/*.csv from the official Fashion-MNIST files"),
+    "explain": ("fashion_conv.research.explain", "what a trained model looks at"),
+    "experiments": ("fashion_conv.research.experiments", "the notebook's questions, measured, written up as a report"),
+    "ingredients": ("fashion_conv.research.ingredients", "what each ingredient of the strong training recipe is worth"),
+    "bench": ("fashion_conv.research.bench", "the notebook's training loop vs fit, timed side by side"),
 }
 
 
 def usage() -> str:
     width = max(map(len, COMMANDS))
-    lines = [f"  {name:<{width}}  {what}" for name, what in COMMANDS.items()]
+    lines = [f"  {name:<{width}}  {what}" for name, (_, what) in COMMANDS.items()]
     return "\n".join(
         [
-            "usage: fashion-conv COMMAND [options]   (the same as python -m fashion_conv.COMMAND [options])",
+            "usage: fashion-conv COMMAND [options]   (the same as python -m MODULE [options]; fit: fashion_conv.fit)",
             "",
             "commands:",
             *lines,
@@ -37,21 +38,21 @@ def usage() -> str:
     )
 
 
-def _entry_point(command: str):
-    """The command's ``main(argv)``: in ``fashion_conv.COMMAND`` or its ``cli`` module; ``None`` if neither has one."""
-    module = importlib.import_module(f"fashion_conv.{command}")
+def _entry_point(module_name: str):
+    """The command's ``main(argv)``: in its module or that package's ``cli`` module; ``None`` if neither has one."""
+    module = importlib.import_module(module_name)
     if callable(getattr(module, "main", None)):
         return module.main
     try:
-        return importlib.import_module(f"fashion_conv.{command}.cli").main
+        return importlib.import_module(f"{module_name}.cli").main
     except (ModuleNotFoundError, AttributeError):
         return None
 
 
 def run(command: str, argv: list[str]) -> int:
-    module_name = f"fashion_conv.{command}"
+    module_name = COMMANDS[command][0] if command in COMMANDS else f"fashion_conv.{command}"
     try:
-        main = _entry_point(command)
+        main = _entry_point(module_name)
     except ModuleNotFoundError as exc:
         if exc.name in (module_name, "fashion_conv"):
             print(f"error: fashion-conv {command}: {module_name} is not part of this installation", file=sys.stderr)

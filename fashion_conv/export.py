@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fashion_conv.atomic import atomic_path
-from fashion_conv.errors import FashionConvError
-from fashion_conv.weights import add_model_arguments, load_model
+from fashion_conv.utils.atomic import atomic_path
+from fashion_conv.utils.errors import FashionConvError
+from fashion_conv.models.weights import add_model_arguments, load_model
 
 
 INPUT_HELP = (

@@ -29,16 +29,16 @@ from lightning.pytorch.profilers import PassThroughProfiler
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from fashion_conv import quiet
-from fashion_conv.atomic import WriteError, atomic_path, atomic_write_text
-from fashion_conv.weights import checkpoint_backbone, read_weights_file
-from fashion_conv.checkpoints import AtomicCheckpointIO, BestCheckpoint, GracefulStop
-from fashion_conv.dashboards import DatasetDashboards, log_hparams
-from fashion_conv.datamodule import FashionMNISTDataModule
-from fashion_conv.errors import FashionConvError
-from fashion_conv.memory import keep_freed_memory
-from fashion_conv.explain.callback import ExplainFigures
-from fashion_conv.module import FashionClassifier, steps_per_call_conflicts
+from fashion_conv.utils import quiet
+from fashion_conv.utils.atomic import WriteError, atomic_path, atomic_write_text
+from fashion_conv.models.weights import checkpoint_backbone, read_weights_file
+from fashion_conv.callbacks.checkpoints import AtomicCheckpointIO, BestCheckpoint, GracefulStop
+from fashion_conv.callbacks.dashboards import DatasetDashboards, log_hparams
+from fashion_conv.data.datamodule import FashionMNISTDataModule
+from fashion_conv.utils.errors import FashionConvError
+from fashion_conv.utils.memory import keep_freed_memory
+from fashion_conv.research.explain.callback import ExplainFigures
+from fashion_conv.models.classifier import FashionClassifier, steps_per_call_conflicts
 from fashion_conv.progress import StepProgressBar
 
 SEED = 42
@@ -248,7 +248,7 @@ def _backbone_name(model_config) -> str:
 def build_cli(argv: list[str] | dict | None, callbacks: Sequence[Callback] = ()) -> FashionCLI:
     """The ``fit`` command line from ``argv`` (a list of arguments or a config dict); ``callbacks`` join the defaults."""
     quiet.install()
-    keep_freed_memory()  # this process trains: no fresh pages for every step's large buffers (fashion_conv.memory)
+    keep_freed_memory()  # this process trains: no fresh pages for every step's large buffers (fashion_conv.utils.memory)
     return FashionCLI(
         FashionClassifier,
         FashionMNISTDataModule,

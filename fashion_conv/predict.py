@@ -22,9 +22,9 @@ import torch
 from PIL import Image, ImageOps
 from torch import nn
 
-from fashion_conv.csvio import CLASS_NAMES, read_images_csv
-from fashion_conv.errors import DataError, FashionConvError
-from fashion_conv.weights import add_model_arguments, checkpoint_tta, flip_tta, load_model
+from fashion_conv.data.csvio import CLASS_NAMES, read_images_csv
+from fashion_conv.utils.errors import DataError, FashionConvError
+from fashion_conv.models.weights import add_model_arguments, checkpoint_tta, flip_tta, load_model
 
 SIDE = 28
 IMAGE_SUFFIXES = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")

@@ -1,45 +1,14 @@
-"""Turn the official IDX files into ``data/processed/fashion-mnist-{train,test}.csv`` (the notebook's input).
-
-Run as ``python -m fashion_conv.prepare`` (or ``python scripts/prepare_data.py``); the DataModule's
-``prepare_data()`` calls the same :func:`prepare_data` when the CSVs are missing.
-"""
+"""``python -m fashion_conv.prepare``: build ``data/processed/fashion-mnist-{train,test}.csv`` from the official
+Fashion-MNIST IDX files (a local copy, Debian's ``dataset-fashion-mnist``, or the official mirror)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-from fashion_conv import idx
-from fashion_conv.csvio import write_csv
-from fashion_conv.errors import DataError, FashionConvError
-
-
-def csv_paths(data_dir: str | Path) -> dict[str, Path]:
-    processed = Path(data_dir) / "processed"
-    return {split: processed / f"fashion-mnist-{split}.csv" for split in idx.SPLITS}
-
-
-def prepare_data(
-    data_dir: str | Path = "data",
-    force: bool = False,
-    specs: dict[str, idx.IdxSpec] = idx.OFFICIAL,
-    system_dir: str | Path | None = idx.SYSTEM_DIR,
-    mirror: str | None = None,
-) -> dict[str, Path]:
-    """Make sure both CSVs exist under ``data_dir/processed``; build them from checked IDX files if not."""
-    paths = csv_paths(data_dir)
-    if not force and all(p.is_file() for p in paths.values()):
-        return paths
-    # Announced, since it takes seconds; under DDP only local rank 0 gets here (Lightning's prepare_data).
-    print(f"Preparing {paths['train'].parent} from the official Fashion-MNIST IDX files", file=sys.stderr)
-    arrays = idx.load_raw(Path(data_dir) / "raw", specs, system_dir, mirror)
-    for split, (images_name, labels_name) in idx.SPLITS.items():
-        images, labels = arrays[images_name], arrays[labels_name]
-        if len(images) != len(labels):
-            raise DataError(images_name, f"{len(images)} images but {len(labels)} labels in {labels_name}")
-        write_csv(paths[split], labels, images)
-    return paths
+from fashion_conv.data import idx
+from fashion_conv.data.files import prepare_data
+from fashion_conv.utils.errors import FashionConvError
 
 
 def main(argv: list[str] | None = None) -> int:

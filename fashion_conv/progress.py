@@ -8,7 +8,7 @@ from lightning import LightningModule, Trainer
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import _update_n
 
-from fashion_conv.datamodule import BatchGroup, steps_per_epoch
+from fashion_conv.data.datamodule import BatchGroup, steps_per_epoch
 
 
 class StepProgressBar(TQDMProgressBar):

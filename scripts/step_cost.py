@@ -36,14 +36,14 @@ def worker(variant: str, data_dir: str, val_size: int) -> dict:
 
     torch.set_num_threads(1)
     if variant == "plain":
-        from fashion_conv.bench import plain_worker
+        from fashion_conv.research.bench import plain_worker
 
         spec = {"seed": 42, "data_dir": data_dir, "val_size": val_size, "train_size": None, "backbone": "mlp", "epochs": 1,
                 "cpu_time": True}  # fmt: skip
         result = plain_worker(spec)
         return {"cpu_s": result["epoch_seconds"][0], "steps": -(-result["samples"] // 64)}
     from fashion_conv import fit
-    from fashion_conv.module import FashionClassifier
+    from fashion_conv.models.classifier import FashionClassifier
 
     if variant == "group-hooks":
         FashionClassifier._plain_steps = lambda self: False

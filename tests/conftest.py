@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from fashion_conv.csvio import write_csv
-from fashion_conv.idx import IdxSpec
+from fashion_conv.data.csvio import write_csv
+from fashion_conv.data.idx import IdxSpec
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_DATA = REPO / "data" / "processed"

@@ -8,7 +8,7 @@ import torch
 from lightning import Callback
 from torch import nn
 
-from fashion_conv.datamodule import BatchGroup
+from fashion_conv.data.datamodule import BatchGroup
 
 
 class Payload:
@@ -81,7 +81,7 @@ class FullDiskInSetup(Callback):
     def setup(self, trainer, pl_module, stage):
         import errno
 
-        from fashion_conv.atomic import WriteError
+        from fashion_conv.utils.atomic import WriteError
 
         path = Path(trainer.default_root_dir) / "run.ckpt"
         if self.kind == "atomic":

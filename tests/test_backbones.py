@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from fashion_conv.errors import FashionConvError
-from fashion_conv.backbones import build_backbone, count_parameters, list_backbones, load_backbone, register_backbone
+from fashion_conv.utils.errors import FashionConvError
+from fashion_conv.models.backbones import build_backbone, count_parameters, list_backbones, load_backbone, register_backbone
 
 NOTEBOOK_PARAMS = {"mlp": 203_530, "cnn": 421_642, "cnn5": 63_562}
 
@@ -73,7 +73,7 @@ def test_load_backbone_round_trip(tmp_path):
 
 
 def test_a_registered_builder_is_built_by_its_name():
-    from fashion_conv.backbones import _REGISTRY
+    from fashion_conv.models.backbones import _REGISTRY
 
     register_backbone("test-only-identity")(nn.Identity)
     try:
@@ -139,7 +139,7 @@ def test_convnet_options_build_the_layers_they_name(kwargs, layers, params):
     ],
 )
 def test_convnet_refuses_bad_options_with_one_clear_message(kwargs, message):
-    from fashion_conv.backbones import ConvNet
+    from fashion_conv.models.backbones import ConvNet
 
     with pytest.raises(ValueError) as info:
         ConvNet(**kwargs)
@@ -148,7 +148,7 @@ def test_convnet_refuses_bad_options_with_one_clear_message(kwargs, message):
 
 def test_num_classes_is_passed_to_the_backbones_that_take_it_and_a_contradiction_is_refused():
     from fashion_conv import FashionClassifier
-    from fashion_conv.module import _with_num_classes
+    from fashion_conv.models.classifier import _with_num_classes
 
     assert _with_num_classes("cnn", {}, 10) == {"num_classes": 10}  # a built-in backbone takes it
     assert _with_num_classes("cnn", {"dropout": 0.5}, 7) == {"dropout": 0.5, "num_classes": 7}
@@ -179,7 +179,7 @@ def test_backbone_kwargs_must_be_plain_values(name, kwargs, kind):
 
 
 def test_the_parameter_limit_allows_exactly_its_count(monkeypatch):
-    from fashion_conv import backbones
+    from fashion_conv.models import backbones
 
     assert count_parameters(build_backbone("convnet", channels=(16,), hidden=0)) == 31_530
     monkeypatch.setattr(backbones, "MAX_PARAMETERS", 31_530)
@@ -193,7 +193,7 @@ def test_the_parameter_limit_allows_exactly_its_count(monkeypatch):
 def test_the_model_asks_a_registered_builder_for_its_class_count_even_the_default():
     """A builder whose own default is another count still gets the model's ``num_classes`` (10 by default)."""
     from fashion_conv import FashionClassifier
-    from fashion_conv.backbones import _REGISTRY
+    from fashion_conv.models.backbones import _REGISTRY
 
     register_backbone("test-only-three")(lambda num_classes=3: nn.Sequential(nn.Flatten(), nn.Linear(784, num_classes)))
     try:

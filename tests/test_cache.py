@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO, tiny_arrays
-from fashion_conv import csvio
-from fashion_conv.csvio import read_csv, write_csv
+from fashion_conv.data import csvio
+from fashion_conv.data.csvio import read_csv, write_csv
 from mounts import PYTHON, run_with_mounts
 
 

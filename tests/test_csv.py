@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from conftest import tiny_arrays
-from fashion_conv.csvio import HEADER, _cache_path, _write_cache, read_csv, write_csv
-from fashion_conv.errors import DataError
+from fashion_conv.data.csvio import HEADER, _cache_path, _write_cache, read_csv, write_csv
+from fashion_conv.utils.errors import DataError
 
 HEADER_LINE = ",".join(HEADER)
 
@@ -194,7 +194,7 @@ def test_pixel_255_is_accepted(tmp_path):
 
 
 def test_many_chunks_parse_like_one(tmp_path, monkeypatch):
-    import fashion_conv.csvio as csvio
+    import fashion_conv.data.csvio as csvio
 
     labels, images = tiny_arrays(40)
     path = tmp_path / "d.csv"
@@ -211,7 +211,7 @@ def test_many_chunks_parse_like_one(tmp_path, monkeypatch):
 
 
 def test_read_images_csv_picks_the_layout_by_header(tmp_path):
-    from fashion_conv.csvio import read_images_csv
+    from fashion_conv.data.csvio import read_images_csv
 
     labels, images = tiny_arrays(3)
     pixels_only = ",".join(HEADER[1:]) + "\n" + "\n".join(",".join(str(v) for v in im.ravel()) for im in images) + "\n"
@@ -224,7 +224,7 @@ def test_read_images_csv_picks_the_layout_by_header(tmp_path):
 
 
 def test_cache_stamp_holds_the_stat_of_an_unchanged_file(tmp_path, monkeypatch):
-    import fashion_conv.csvio as csvio
+    import fashion_conv.data.csvio as csvio
 
     monkeypatch.setattr(csvio, "_RACY_NS", -10**18)  # trust every stat (normally only those older than 2 s)
     path = write(tmp_path, HEADER_LINE + "\n" + row("2") + "\n")
@@ -235,7 +235,7 @@ def test_cache_stamp_holds_the_stat_of_an_unchanged_file(tmp_path, monkeypatch):
 
 
 def test_parse_reads_the_bytes_it_is_given(tmp_path):
-    from fashion_conv.csvio import _parse
+    from fashion_conv.data.csvio import _parse
 
     path = write(tmp_path, HEADER_LINE + "\n" + row("1") + "\n")
     # read_csv hashes and parses one read of the file: the table must come from those bytes, not a second read.

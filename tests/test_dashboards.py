@@ -6,7 +6,7 @@ from tensorboard.plugins.hparams import api_pb2
 from tensorboard.plugins.hparams import metadata as hp_metadata
 from torch.utils.tensorboard import SummaryWriter
 
-from fashion_conv.dashboards import HPARAMS_SHOWN, class_counts_figure, log_hparams, recipe_text
+from fashion_conv.callbacks.dashboards import HPARAMS_SHOWN, class_counts_figure, log_hparams, recipe_text
 
 NOTEBOOK = {"backbone": "cnn", "params": 421642, "seed": 42, "precision": "32-true", "epochs": 5, "lr": 1e-3,
             "lr_schedule": "none", "weight_decay": 0.0, "label_smoothing": 0.0, "tta_hflip": False, "batch_size": 64,

@@ -5,12 +5,12 @@ import functools
 import pytest
 import torch
 
-import fashion_conv.datamodule as datamodule_module
-from fashion_conv.csvio import read_csv
-from fashion_conv.prepare import prepare_data
+import fashion_conv.data.datamodule as datamodule_module
+from fashion_conv.data.csvio import read_csv
+from fashion_conv.data.files import prepare_data
 
 from fashion_conv import CLASS_NAMES, FashionMNISTDataModule
-from fashion_conv.errors import FashionConvError
+from fashion_conv.utils.errors import FashionConvError
 
 
 def make(data_dir, **kw) -> FashionMNISTDataModule:
@@ -68,7 +68,7 @@ def test_shuffle_depends_on_seed_and_epoch_only(tiny_data_dir):
 def test_the_shuffle_of_any_seed_is_torchs_randperm_of_the_mixed_seed(tiny_data_dir):
     from torch.utils.data import DistributedSampler
 
-    from fashion_conv.datamodule import EpochShuffle
+    from fashion_conv.data.datamodule import EpochShuffle
 
     for seed, epoch in ((0, 0), (7, 3), (2**62, 1)):  # 2**62 x 1_000_003 passes 2**63: the seed wraps there
         sampler = EpochShuffle(50, seed)
@@ -137,7 +137,7 @@ def test_each_ddp_process_takes_its_shard_of_the_seeded_shuffle(tiny_data_dir):
 def test_each_augmentation_alone_draws_from_the_step_seeded_generator(tiny_data_dir, option):
     import lightning as L
 
-    from fashion_conv.augment import augment, step_generator
+    from fashion_conv.data.augment import augment, step_generator
 
     dm = make(tiny_data_dir, shuffle_seed=3, **option)
     dm.trainer = L.Trainer(accelerator="cpu", logger=False)
@@ -151,7 +151,7 @@ def test_each_augmentation_alone_draws_from_the_step_seeded_generator(tiny_data_
 
 
 def test_in_memory_images_move_to_a_device_together():
-    from fashion_conv.datamodule import InMemoryImages
+    from fashion_conv.data.datamodule import InMemoryImages
 
     data = InMemoryImages(torch.zeros(3, 1, 28, 28, dtype=torch.uint8), torch.arange(3))
     assert data.to(torch.device("cpu")) is data  # already there: no copy
@@ -182,7 +182,7 @@ def test_ddp_evaluation_shards_see_each_image_once_or_are_left_to_lightning(tiny
 
 
 def test_pixel_permutation_and_permute_pixels_exactly():
-    from fashion_conv.datamodule import permute_pixels, pixel_permutation
+    from fashion_conv.data.datamodule import permute_pixels, pixel_permutation
 
     assert torch.equal(pixel_permutation(3), torch.randperm(784, generator=torch.Generator().manual_seed(3)))
     assert torch.equal(pixel_permutation(3, 6), torch.randperm(6, generator=torch.Generator().manual_seed(3)))
@@ -199,7 +199,7 @@ def test_setup_for_validate_alone_makes_the_same_validation_split(tiny_data_dir)
 
 
 def test_split_sizes_at_their_limits_and_the_test_subset(tiny_data_dir):
-    from fashion_conv.datamodule import permute_pixels, pixel_permutation, seeded_permutation
+    from fashion_conv.data.datamodule import permute_pixels, pixel_permutation, seeded_permutation
 
     dm = lambda **kw: FashionMNISTDataModule(data_dir=tiny_data_dir, **kw)  # noqa: E731
     with pytest.raises(FashionConvError):

@@ -1,4 +1,4 @@
-"""``python -m fashion_conv.experiments``: the probes, the DataModule options they need, the kernel ablation, the report."""
+"""``python -m fashion_conv.research.experiments``: the probes, the DataModule options they need, the kernel ablation, the report."""
 
 import dataclasses
 
@@ -8,14 +8,14 @@ import torch
 from torch import nn
 
 from fashion_conv import FashionMNISTDataModule
-from fashion_conv.backbones import build_backbone, count_parameters
-from fashion_conv.datamodule import permute_pixels
-from fashion_conv.errors import FashionConvError
-from fashion_conv.studies.experiments import plans
-from fashion_conv.studies.experiments.cli import main
-from fashion_conv.augment import shift
-from fashion_conv.studies.experiments.probes import shifted_copies
-from fashion_conv.studies.experiments.stats import verdict
+from fashion_conv.models.backbones import build_backbone, count_parameters
+from fashion_conv.data.datamodule import permute_pixels
+from fashion_conv.utils.errors import FashionConvError
+from fashion_conv.research.experiments import plans
+from fashion_conv.research.experiments.cli import main
+from fashion_conv.data.augment import shift
+from fashion_conv.research.experiments.probes import shifted_copies
+from fashion_conv.research.experiments.stats import verdict
 
 
 def shift_images(images, dx, dy):

@@ -1,4 +1,4 @@
-"""``fashion_conv.explain``: figures' panels, IG completeness, exact equivariance, the report CLI and the fit callback."""
+"""``fashion_conv.research.explain``: figures' panels, IG completeness, exact equivariance, the report CLI and the fit callback."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import torch
 from conftest import tiny_arrays
 from torch import nn
 
-from fashion_conv.backbones import ConvNet, build_backbone
-from fashion_conv.explain import (
+from fashion_conv.models.backbones import ConvNet, build_backbone
+from fashion_conv.research.explain import (
     attribution_maps,
     completeness_gap,
     confident_errors,
@@ -22,7 +22,7 @@ from fashion_conv.explain import (
     shift,
     spatial_layers,
 )  # fmt: skip
-from fashion_conv.explain.__main__ import main
+from fashion_conv.research.explain.__main__ import main
 
 IG_TOLERANCE = 0.01  # |Captum's delta| <= 1 % of f(x)_t - f(0)_t, with 64 Gauss-Legendre steps
 
@@ -158,7 +158,7 @@ def test_confident_errors_per_class():
 @pytest.fixture(scope="module")
 def saved_models(tmp_path_factory):
     """mlp.pth and cnn5.pth trained for 20 steps, and a data folder with 40 tiny test images."""
-    from fashion_conv.csvio import write_csv
+    from fashion_conv.data.csvio import write_csv
 
     tmp = tmp_path_factory.mktemp("explain")
     torch.manual_seed(0)
@@ -177,7 +177,7 @@ def test_report_end_to_end(saved_models):
     report = (out / "report.md").read_text()
     for heading in ("## 1. First-layer filters", "## 2. Feature maps", "## 3. Attributions", "## 4. Translation", "## 5. The most confident"):
         assert heading in report
-    assert "python -m fashion_conv.explain --weights" in report
+    assert "python -m fashion_conv.research.explain --weights" in report
     for name in ("filters_mlp.png", "filters_cnn5.png", "feature_maps_cnn5.png", "attributions.png", "equivariance.png",
                  "models.csv", "ig_delta.csv", "equivariance.csv"):  # fmt: skip
         assert (out / name).stat().st_size > 0, name

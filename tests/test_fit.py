@@ -345,10 +345,10 @@ def test_fit_builds_its_trainer_with_our_logger_checkpoint_io_and_progress_bar(t
     from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    from fashion_conv.checkpoints import AtomicCheckpointIO
+    from fashion_conv.callbacks.checkpoints import AtomicCheckpointIO
     from lightning.pytorch.profilers import SimpleProfiler
 
-    from fashion_conv.explain.callback import ExplainFigures
+    from fashion_conv.research.explain.callback import ExplainFigures
     from fashion_conv.fit import PROGRESS_REFRESH_STEPS, NoProfiler, build_cli
     from fashion_conv.progress import StepProgressBar
 

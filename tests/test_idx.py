@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from conftest import idx_bytes
-from fashion_conv import idx
-from fashion_conv.errors import DataError, FashionConvError
-from fashion_conv.idx import IdxSpec, load_raw, read_idx
+from fashion_conv.data import idx
+from fashion_conv.utils.errors import DataError, FashionConvError
+from fashion_conv.data.idx import IdxSpec, load_raw, read_idx
 from fashion_conv.prepare import main as prepare_main
-from fashion_conv.prepare import prepare_data
+from fashion_conv.data.files import prepare_data
 
 
 @pytest.fixture
@@ -156,7 +156,7 @@ def test_gzip_bomb_from_the_mirror_is_refused_without_growing_the_process(tiny_i
     (www / f"{name}.gz").write_bytes(bomb)
     code = (
         "import resource, sys\n"
-        "from fashion_conv.idx import IdxSpec, load_raw\n"
+        "from fashion_conv.data.idx import IdxSpec, load_raw\n"
         f"spec = IdxSpec(3, 120, {specs[name].md5!r})\n"
         "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         "try:\n"

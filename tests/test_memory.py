@@ -5,14 +5,14 @@ import sys
 
 import pytest
 
-from fashion_conv.memory import MMAP_THRESHOLD, keep_freed_memory
+from fashion_conv.utils.memory import MMAP_THRESHOLD, keep_freed_memory
 
 # In a fresh interpreter: allocate, fill and free a 12.8 MB block (a bf16 cnn step's activations) 20 times; print the
 # page faults of the last 19 rounds. Without the settings glibc pages at least one round in afresh (3,125 faults of
 # 4 KiB; in a real run, with blocks of many sizes, its moving threshold can keep doing so every step).
 ROUNDS = """
 import ctypes, resource, sys
-from fashion_conv.memory import keep_freed_memory
+from fashion_conv.utils.memory import keep_freed_memory
 libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
 libc.free.argtypes = [ctypes.c_void_p]

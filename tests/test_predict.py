@@ -19,8 +19,8 @@ from PIL import Image
 
 from conftest import tiny_images
 from fashion_conv import CLASS_NAMES, FashionClassifier, FashionMNISTDataModule, build_backbone, load_backbone
-from fashion_conv.csvio import HEADER, read_images_csv, write_csv
-from fashion_conv.errors import DataError
+from fashion_conv.data.csvio import HEADER, read_images_csv, write_csv
+from fashion_conv.utils.errors import DataError
 from fashion_conv.predict import fit_to_square, load_image, preprocess, should_invert
 from fashion_conv.predict import main as predict_main
 
@@ -105,7 +105,7 @@ def test_backbones_imports_without_lightning(weights):
     code = (
         "import sys, torch\n"
         "sys.modules['lightning'] = sys.modules['pytorch_lightning'] = None  # any import of them now fails\n"
-        "from fashion_conv.backbones import load_backbone\n"
+        "from fashion_conv.models.backbones import load_backbone\n"
         f"net = load_backbone({str(weights['cnn'])!r}, 'cnn')\n"
         "print(tuple(net(torch.zeros(2, 1, 28, 28)).shape))\n"
     )
@@ -156,9 +156,9 @@ def test_checkpoint_class_path_needs_consent_and_imports_nothing_unasked(tmp_pat
     code, _, err = run(capsys, "--checkpoint", evil, tmp_path / "rows.csv")
     assert code == 1 and "confirm with --backbone os.system" in err and not marker.exists()
     # a class path the user confirms is built (here the MLP by its class path)
-    ckpt = fake_checkpoint(tmp_path / "path.ckpt", "fashion_conv.backbones.MLP")
+    ckpt = fake_checkpoint(tmp_path / "path.ckpt", "fashion_conv.models.backbones.MLP")
     assert run(capsys, "--checkpoint", ckpt, tmp_path / "rows.csv")[0] == 1
-    code, out, _ = run(capsys, "--checkpoint", ckpt, "--backbone", "fashion_conv.backbones.MLP", tmp_path / "rows.csv")
+    code, out, _ = run(capsys, "--checkpoint", ckpt, "--backbone", "fashion_conv.models.backbones.MLP", tmp_path / "rows.csv")
     assert code == 0 and "accuracy" in out
 
 

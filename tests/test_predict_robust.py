@@ -12,7 +12,7 @@ from PIL import Image
 
 from conftest import REPO, tiny_arrays
 from fashion_conv import build_backbone
-from fashion_conv.csvio import write_csv
+from fashion_conv.data.csvio import write_csv
 from fashion_conv.predict import main
 
 

@@ -5,7 +5,7 @@ import warnings
 
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
-from fashion_conv import quiet
+from fashion_conv.utils import quiet
 
 
 def test_leafspec_deprecation_dropped_other_future_warnings_kept():

@@ -19,14 +19,14 @@ import pytest
 import torch
 from conftest import REPO, tiny_arrays
 
-from fashion_conv.csvio import CLASS_NAMES, write_csv
+from fashion_conv.data.csvio import CLASS_NAMES, write_csv
 
 FIT_SPEED = "--data.val_size 100 --trainer.max_epochs 1"
 # The experiments on 300 tiny images: every experiment of the pipeline, one seed, one epoch.
 STUDY_SPEED = "--train-size 200 --val-size 100 --test-size 100 --epochs 1 --seeds 1 --train-sizes 50 --kernel-sizes 3 --max-shift 2"
 SKIPPED = {
     "ray start --head --num-cpus 16": "starts a Ray cluster (test_studies.py runs the study on a local Ray instance)",
-    "python -m fashion_conv.experiments --preset full --ray-address auto": "needs that Ray cluster, and hours",
+    "python -m fashion_conv.research.experiments --preset full --ray-address auto": "needs that Ray cluster, and hours",
     "bash scripts/setup.sh test && .venv/bin/python -m pytest": "runs this test suite; CI runs exactly this",
     "python -m fashion_conv.fit --trainer.accelerator gpu --trainer.devices 1": "needs a GPU",
 }
@@ -83,7 +83,7 @@ def scratch(tmp_path: Path) -> dict:
     python.write_text(
         f'#!/bin/bash\nif [ "$1 $2" = "-m fashion_conv.fit" ] || [ "$1 $2 $3" = "-m fashion_conv.cli fit" ]; then\n'
         f'  exec {sys.executable} "$@" {FIT_SPEED}\nfi\n'
-        f'if [ "$1 $2" = "-m fashion_conv.experiments" ]; then\n  exec {sys.executable} "$@" {STUDY_SPEED}\nfi\n'
+        f'if [ "$1 $2" = "-m fashion_conv.research.experiments" ]; then\n  exec {sys.executable} "$@" {STUDY_SPEED}\nfi\n'
         f'exec {sys.executable} "$@"\n'
     )
     (bin_dir / "fashion-conv").write_text(f'#!/bin/bash\nexec {python} -m fashion_conv.cli "$@"\n')

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from conftest import REAL_DATA
-from fashion_conv.csvio import read_csv
+from fashion_conv.data.csvio import read_csv
 from fashion_conv.fit import main
 
 have_data = (REAL_DATA / "fashion-mnist-train.csv").is_file() and (REAL_DATA / "fashion-mnist-test.csv").is_file()

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fashion_conv import FashionClassifier, FashionMNISTDataModule
-from fashion_conv.augment import augment, erase, step_generator
+from fashion_conv.data.augment import augment, erase, step_generator
 from fashion_conv.fit import main
 
 
@@ -134,7 +134,7 @@ def test_strong_config_parses(capsys):
 
 
 def test_ingredients_study_runs_resumes_and_reports(tiny_data_dir, tmp_path, capsys):
-    from fashion_conv import ingredients
+    from fashion_conv.research import ingredients
 
     argv = ["--rows", "notebook", "hflip", "epochs", "strong", "noaug", "--seeds", "0", "1", "--data-dir", str(tiny_data_dir),
             "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "out"),

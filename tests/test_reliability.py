@@ -16,9 +16,9 @@ import torch
 
 from conftest import REPO
 from nets import Payload
-from fashion_conv.backbones import load_backbone
-from fashion_conv.csvio import read_csv
-from fashion_conv.errors import FashionConvError
+from fashion_conv.models.backbones import load_backbone
+from fashion_conv.data.csvio import read_csv
+from fashion_conv.utils.errors import FashionConvError
 from fashion_conv.fit import main
 
 pytestmark = pytest.mark.slow
@@ -171,7 +171,7 @@ def test_ddp_two_processes_on_cpu_match_a_single_process_evaluation(tmp_path, ma
 
 
 def test_ddp_prepares_the_data_once(tmp_path):
-    from fashion_conv.idx import OFFICIAL, SYSTEM_DIR, candidates
+    from fashion_conv.data.idx import OFFICIAL, SYSTEM_DIR, candidates
 
     sources = [REPO / "data" / "raw", SYSTEM_DIR]
     found = {n: next((p for d in sources for p in candidates(d, n) if p.is_file()), None) for n in OFFICIAL}

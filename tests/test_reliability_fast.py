@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from fashion_conv.atomic import atomic_path, atomic_write_text
-from fashion_conv.checkpoints import AtomicCheckpointIO
-from fashion_conv.datamodule import EpochShuffle
+from fashion_conv.utils.atomic import atomic_path, atomic_write_text
+from fashion_conv.callbacks.checkpoints import AtomicCheckpointIO
+from fashion_conv.data.datamodule import EpochShuffle
 from fashion_conv.fit import main
 
 STEPS_PER_EPOCH = 13  # 100 training images in batches of 8
@@ -115,7 +115,7 @@ def test_sigterm_checkpoint_goes_where_the_last_checkpoint_callback_writes(tmp_p
     from lightning import Trainer
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from fashion_conv.checkpoints import GracefulStop
+    from fashion_conv.callbacks.checkpoints import GracefulStop
 
     best = ModelCheckpoint(dirpath=tmp_path / "best", monitor="val/acc", mode="max")
     last = ModelCheckpoint(dirpath=tmp_path / "last", filename="last")
@@ -131,7 +131,7 @@ def test_sigterm_handler_only_in_a_single_process_main_thread():
     import threading
     from types import SimpleNamespace
 
-    from fashion_conv.checkpoints import GracefulStop
+    from fashion_conv.callbacks.checkpoints import GracefulStop
 
     before = signal.getsignal(signal.SIGTERM)
     GracefulStop().on_train_start(SimpleNamespace(world_size=2), None)  # DDP: Lightning's own handling stays
@@ -162,8 +162,8 @@ def _call_collecting(errors: list, fn, *args) -> None:
 def test_mid_epoch_resume_without_our_sampler_is_one_clear_error():
     from types import SimpleNamespace
 
-    from fashion_conv.checkpoints import GracefulStop
-    from fashion_conv.errors import FashionConvError
+    from fashion_conv.callbacks.checkpoints import GracefulStop
+    from fashion_conv.utils.errors import FashionConvError
 
     stop = GracefulStop()
     stop.load_state_dict({"mid_epoch": [1, 4]})
@@ -175,7 +175,7 @@ def test_mid_epoch_resume_without_our_sampler_is_one_clear_error():
 def test_a_mid_epoch_checkpoint_moves_the_sampler_once_by_the_batches_done():
     from types import SimpleNamespace
 
-    from fashion_conv.checkpoints import GracefulStop
+    from fashion_conv.callbacks.checkpoints import GracefulStop
 
     stop, sampler = GracefulStop(), EpochShuffle(50, seed=0)
     assert stop.state_dict() == {"mid_epoch": None, "train_seconds": 0.0}  # a checkpoint at an epoch's end resumes at the next epoch
@@ -191,7 +191,7 @@ def test_a_mid_epoch_checkpoint_moves_the_sampler_once_by_the_batches_done():
 def test_a_full_disk_is_one_clear_error_and_the_old_file_stays(tmp_path):
     import errno
 
-    from fashion_conv.atomic import WriteError
+    from fashion_conv.utils.atomic import WriteError
 
     target = tmp_path / "metrics.json"
     atomic_write_text(target, "old\n")
@@ -214,7 +214,7 @@ def test_a_full_disk_is_one_clear_error_and_the_old_file_stays(tmp_path):
 def test_catch_signals_installs_once_in_a_single_process_and_restores():
     from types import SimpleNamespace
 
-    from fashion_conv.checkpoints import GracefulStop
+    from fashion_conv.callbacks.checkpoints import GracefulStop
 
     before = signal.getsignal(signal.SIGTERM)
     GracefulStop().restore_signals()  # nothing caught: nothing to restore, no error
@@ -233,7 +233,7 @@ def test_catch_signals_installs_once_in_a_single_process_and_restores():
 def test_the_training_clock_runs_between_start_and_end_and_carries_across_resumes(monkeypatch):
     from types import SimpleNamespace
 
-    import fashion_conv.checkpoints as checkpoints
+    import fashion_conv.callbacks.checkpoints as checkpoints
 
     now = [100.0]
     monkeypatch.setattr(checkpoints.time, "perf_counter", lambda: now[0])
@@ -259,7 +259,7 @@ def test_a_signal_saves_a_full_checkpoint_before_the_next_batch(tmp_path):
 
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    from fashion_conv.checkpoints import GracefulStop
+    from fashion_conv.callbacks.checkpoints import GracefulStop
 
     saved = []
     trainer = SimpleNamespace(current_epoch=1, checkpoint_callbacks=[], default_root_dir=tmp_path,
@@ -276,7 +276,7 @@ def test_a_signal_saves_a_full_checkpoint_before_the_next_batch(tmp_path):
 def test_best_ckpt_is_rank_0s_copy_of_the_best_checkpoint_only(tmp_path):
     from types import SimpleNamespace
 
-    from fashion_conv.checkpoints import BestCheckpoint
+    from fashion_conv.callbacks.checkpoints import BestCheckpoint
 
     def trainer(rank: int):
         def save_checkpoint(path, weights_only=False):

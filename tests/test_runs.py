@@ -41,7 +41,7 @@ def run_dir(root, version=0, name="mlp") -> Path:
 def finished_run(tmp_path_factory):
     """A tiny finished 1-epoch mlp run: (data_dir, root)."""
     from conftest import tiny_arrays
-    from fashion_conv.csvio import write_csv
+    from fashion_conv.data.csvio import write_csv
 
     tmp = tmp_path_factory.mktemp("finished")
     for split, n, seed in (("train", 120, 1), ("test", 40, 2)):

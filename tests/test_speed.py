@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from fashion_conv import FashionClassifier, FashionMNISTDataModule, build_backbone, list_backbones
-from fashion_conv.bench import main as bench_main
-from fashion_conv.datamodule import InMemoryImages
+from fashion_conv.research.bench import main as bench_main
+from fashion_conv.data.datamodule import InMemoryImages
 
 
 @pytest.mark.parametrize("name", list_backbones())

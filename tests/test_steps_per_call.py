@@ -14,10 +14,10 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from fashion_conv.datamodule import BatchGroup, FashionMNISTDataModule
-from fashion_conv.errors import FashionConvError
+from fashion_conv.data.datamodule import BatchGroup, FashionMNISTDataModule
+from fashion_conv.utils.errors import FashionConvError
 from fashion_conv.fit import default_steps_per_call, main
-from fashion_conv.module import steps_per_call_conflicts
+from fashion_conv.models.classifier import steps_per_call_conflicts
 
 
 def fit_tiny(data, root, *extra: str) -> dict:

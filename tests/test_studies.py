@@ -11,9 +11,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from fashion_conv.csvio import write_csv
-from fashion_conv.studies.experiments.cli import main as experiments
-from fashion_conv.studies.ingredients import main as ingredients
+from fashion_conv.data.csvio import write_csv
+from fashion_conv.research.experiments.cli import main as experiments
+from fashion_conv.research.ingredients import main as ingredients
 from conftest import REPO, tiny_arrays
 
 NUMBERS = ["variant", "seed", "params", "train_images", "epochs", "best_epoch", "val_acc", "test_acc", "test_loss", "shift_0", "shift_1"]
@@ -68,7 +68,7 @@ def test_a_local_ray_instance_gives_the_sequential_numbers(data_dir, sequential,
 
 @pytest.mark.slow
 def test_a_study_stopped_by_sigterm_continues_without_retraining(data_dir, sequential, tmp_path):
-    command = [sys.executable, "-m", "fashion_conv.experiments", *plan_args(data_dir, tmp_path)]
+    command = [sys.executable, "-m", "fashion_conv.research.experiments", *plan_args(data_dir, tmp_path)]
     study = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in study.stdout:  # wait until two runs are finished, then stop it mid-study
         if line.startswith("[2/6]"):
@@ -76,7 +76,7 @@ def test_a_study_stopped_by_sigterm_continues_without_retraining(data_dir, seque
     study.send_signal(signal.SIGTERM)
     _, err = study.communicate(timeout=120)
     assert study.returncode == 143, err
-    assert err.strip().splitlines()[-1].startswith("Stopped by SIGTERM; finished runs are kept: run `python -m fashion_conv.experiments")
+    assert err.strip().splitlines()[-1].startswith("Stopped by SIGTERM; finished runs are kept: run `python -m fashion_conv.research.experiments")
     finished = sorted((tmp_path / "runs").glob("*/*/study.json"))
     assert 2 <= len(finished) < 6
     stamps = {p: p.stat().st_mtime_ns for p in finished}
@@ -114,9 +114,9 @@ def test_num_classes_reaches_the_backbone_and_class_names_stay_importable():
 
     import fashion_conv
     from fashion_conv import FashionClassifier
-    from fashion_conv.classes import CLASS_NAMES
-    from fashion_conv.csvio import CLASS_NAMES as OLD_HOME
-    from fashion_conv.errors import FashionConvError
+    from fashion_conv.data.classes import CLASS_NAMES
+    from fashion_conv.data.csvio import CLASS_NAMES as OLD_HOME
+    from fashion_conv.utils.errors import FashionConvError
 
     for backbone in ("mlp", "cnn", "cnn5", "convnet"):
         assert FashionClassifier(backbone, num_classes=7)(torch.rand(2, 1, 28, 28)).shape == (2, 7)

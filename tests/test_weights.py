@@ -10,8 +10,8 @@ import torch
 
 from conftest import REPO
 from fashion_conv import FashionClassifier, build_backbone
-from fashion_conv.errors import FashionConvError
-from fashion_conv.weights import load_model
+from fashion_conv.utils.errors import FashionConvError
+from fashion_conv.models.weights import load_model
 
 
 def checkpoint(path, backbone="mlp", backbone_kwargs=None, state=None, **hparams):
@@ -30,7 +30,7 @@ def test_a_checkpoint_naming_a_module_never_imports_it(tmp_path):
     code = (
         "import sys; sys.path.insert(0, sys.argv[1])\n"
         "from fashion_conv import FashionClassifier\n"
-        "from fashion_conv.weights import load_model\n"
+        "from fashion_conv.models.weights import load_model\n"
         "for load in (lambda: FashionClassifier.load_from_checkpoint(sys.argv[2], weights_only=True),\n"
         "             lambda: load_model(sys.argv[2])):\n"
         "    try: load()\n"
@@ -130,7 +130,7 @@ def test_load_from_checkpoint_names_the_file_and_passes_arguments_on(tmp_path):
 
 
 def test_weights_that_do_not_fit_say_how_and_name_the_file(tmp_path):
-    from fashion_conv.weights import load_backbone
+    from fashion_conv.models.weights import load_backbone
 
     mlp, narrow = tmp_path / "mlp.pth", tmp_path / "narrow.pth"
     torch.save(build_backbone("mlp").state_dict(), mlp)
@@ -178,7 +178,7 @@ def test_load_model_needs_exactly_one_model_and_a_backbone_for_weights(tmp_path)
 def test_the_backbone_option_lists_the_registered_names():
     import argparse
 
-    from fashion_conv.weights import add_model_arguments
+    from fashion_conv.models.weights import add_model_arguments
 
     parser = argparse.ArgumentParser()
     add_model_arguments(parser)
@@ -190,7 +190,7 @@ class Pickled:
 
 
 def test_read_weights_file_says_what_is_wrong_with_a_file_exactly(tmp_path, monkeypatch):
-    from fashion_conv.weights import read_weights_file
+    from fashion_conv.models.weights import read_weights_file
 
     def message(path):
         with pytest.raises(FashionConvError) as info:
@@ -220,7 +220,7 @@ def test_read_weights_file_says_what_is_wrong_with_a_file_exactly(tmp_path, monk
 
 
 def test_weights_files_are_read_on_cpu_and_weights_only(tmp_path, monkeypatch):
-    from fashion_conv.weights import read_weights_file
+    from fashion_conv.models.weights import read_weights_file
 
     calls, load = [], torch.load
     monkeypatch.setattr(torch, "load", lambda *a, **kw: calls.append(kw) or load(*a, **kw))
