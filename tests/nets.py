@@ -8,7 +8,6 @@ import torch
 from lightning import Callback
 from torch import nn
 
-from fashion_conv.data.datamodule import BatchGroup
 
 
 class Payload:
@@ -106,8 +105,7 @@ class RecordSteps(Callback):
     """Test helper: save to ``path`` what each optimizer step saw (backbone weights before it, its batch) and the
     weights each validation epoch used, so a test can recompute every logged number with plain PyTorch.
 
-    Steps are seen through the torch optimizer's own pre-step hook, so grouped calls (a list of batches per
-    ``training_step``) are recorded batch by batch, and no Lightning hook is overridden (which would change the path).
+    Steps are seen through the torch optimizer's own pre-step hook, so no Lightning hook is overridden.
     """
 
     def __init__(self, path: str):
@@ -123,7 +121,7 @@ class RecordSteps(Callback):
         self._handle = trainer.optimizers[0].register_step_pre_hook(self._before_step)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self._batches = list(batch) if isinstance(batch, BatchGroup) else [batch]
+        self._batches = [batch]
         self._epoch = trainer.current_epoch
 
     def _before_step(self, optimizer, args, kwargs):

@@ -4,7 +4,6 @@ import torch
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 from tensorboard.plugins.hparams import api_pb2
 from tensorboard.plugins.hparams import metadata as hp_metadata
-from torch.utils.tensorboard import SummaryWriter
 
 from fashion_conv.callbacks.dashboards import HPARAMS_SHOWN, class_counts_figure, log_hparams, recipe_text
 
@@ -33,9 +32,7 @@ def _hparams_events(run_dir):
 
 
 def test_experiment_config_and_session_values(tmp_path):
-    writer = SummaryWriter(tmp_path)
-    log_hparams(writer, STRONG, {"hp/val_acc": 0.9409, "hp/test_acc": 0.9402}, step=25800, trial_id="cnn/version_3")
-    writer.close()
+    log_hparams(tmp_path, STRONG, {"hp/val_acc": 0.9409, "hp/test_acc": 0.9402}, step=25800, trial_id="cnn/version_3")
     events = _hparams_events(tmp_path)
     experiment = hp_metadata.parse_experiment_plugin_data(events[hp_metadata.EXPERIMENT_TAG])
     infos = {info.name: info for info in experiment.hparam_infos}

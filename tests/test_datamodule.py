@@ -98,8 +98,8 @@ def test_prepare_data_builds_csvs_from_raw_idx(tiny_idx, tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     "kwargs,message",
     [
-        ({"batch_size": 0}, "--data.batch_size must be at least 1, got 0"),
-        ({"val_size": -1}, "--data.val_size must be at least 0"),
+        ({"batch_size": 0}, "batch_size must be at least 1, got 0"),
+        ({"val_size": -1}, "val_size must be at least 0"),
     ],
 )
 def test_bad_arguments(kwargs, message):
@@ -209,7 +209,7 @@ def test_split_sizes_at_their_limits_and_the_test_subset(tiny_data_dir):
     assert (len(fit.train_set), len(fit.val_set)) == (1, 119) and fit.test_set is None  # fit loads no test set
     with pytest.raises(FashionConvError) as info:
         dm(val_size=20, train_size=101).setup("fit")
-    assert str(info.value) == "--data.train_size 101 is more than the 100 images left after validation"
+    assert str(info.value) == "train_size 101 is more than the 100 images left after validation"
     full = dm()
     full.setup("predict")
     assert len(full.test_set) == 40 and full.train_set is None

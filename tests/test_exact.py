@@ -54,8 +54,7 @@ def test_splits_are_disjoint_and_cover_the_train_csv_exactly_once(tiny_data_dir)
 # ---- one tiny fit, every number it logs recomputed ----
 
 RUNS = {
-    "plain": [],  # fit's default: groups of batches per training_step call (--data.steps_per_call 8)
-    "one-batch-calls": ["--data.steps_per_call", "1"],  # Lightning's automatic optimization, one batch a call
+    "plain": [],  # fit's defaults
     "smoothing+tta": ["--model.label_smoothing", "0.1", "--model.tta_hflip", "true"],  # the strong recipe's options
 }
 
@@ -227,24 +226,6 @@ def test_the_schedule_is_the_one_named_over_the_run_s_steps():
             assert scheduler.total_steps == 10 and config["optimizer"].param_groups[0]["max_lr"] == 0.05
 
 
-def test_the_schedule_counts_optimizer_steps_when_batches_are_grouped():
-    from types import SimpleNamespace
-
-    from fashion_conv import FashionClassifier
-
-    def steps(group: int, max_epochs: int, max_steps: int, rows: int = 100, calls: float = 99.0) -> int:
-        model = FashionClassifier("mlp")
-        loader = SimpleNamespace(sampler=range(rows), batch_size=10 * group)  # groups of `group` batches of 10
-        model._trainer = SimpleNamespace(estimated_stepping_batches=calls, datamodule=SimpleNamespace(steps_per_call=group),
-                                         train_dataloader=loader, max_epochs=max_epochs, max_steps=max_steps)  # fmt: skip
-        return model._optimizer_steps()
-
-    assert steps(1, 3, -1) == 99  # one batch a call: Lightning's estimate
-    assert steps(2, 3, -1) == steps(4, 3, -1) == 30  # 10 steps an epoch, however grouped
-    assert steps(4, 2, -1, rows=95) == 20  # a short last batch is a step too
-    assert steps(2, 0, -1) == 0  # (a run with max_steps takes one batch a call: fit falls back, so groups never see it)
-
-
 def test_the_parameter_count_is_logged_once_at_step_0():
     from types import SimpleNamespace
 
@@ -267,7 +248,7 @@ def test_the_fused_optimizer_only_where_torch_has_the_kernel():
     assert FashionClassifier("mlp").to("meta").configure_optimizers().defaults["fused"] is False  # another device
 
 
-def test_each_written_step_loss_is_that_steps_loss_grouped_or_not(tiny_data_dir, tmp_path):
+def test_each_written_step_loss_is_that_steps_loss(tiny_data_dir, tmp_path):
     import csv
 
     import lightning as L
@@ -276,7 +257,7 @@ def test_each_written_step_loss_is_that_steps_loss_grouped_or_not(tiny_data_dir,
     from fashion_conv import FashionClassifier
 
     class StepLosses(L.Callback):
-        """The loss that each training step returned, by step (one batch a call)."""
+        """The loss that each training step returned, by step."""
 
         def __init__(self):
             self.losses: list[float] = []
@@ -284,23 +265,16 @@ def test_each_written_step_loss_is_that_steps_loss_grouped_or_not(tiny_data_dir,
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             self.losses.append(float(outputs["loss"]))
 
-    def fit(group: int, callbacks=()) -> tuple[L.Trainer, list[dict]]:
-        L.seed_everything(0, verbose=False)
-        logs = tmp_path / f"group{group}"
-        trainer = L.Trainer(max_epochs=1, logger=CSVLogger(logs, name="", version=""), log_every_n_steps=3, enable_checkpointing=False,
-                            enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, callbacks=list(callbacks))  # fmt: skip
-        data = FashionMNISTDataModule(tiny_data_dir, val_size=N_VAL, batch_size=10, steps_per_call=group)
-        trainer.fit(FashionClassifier("mlp", backbone_kwargs={"hidden": 8}), datamodule=data)
-        return trainer, list(csv.DictReader(open(logs / "metrics.csv")))
-
+    L.seed_everything(0, verbose=False)
     returned = StepLosses()
-    for group in (1, 4):  # one batch a training_step call, or groups of 4 (steps_per_call): the same logs
-        trainer, rows = fit(group, [returned] if group == 1 else [])
-        assert trainer.global_step == (120 - N_VAL) // 10 == len(returned.losses)
-        steps = {key: [int(r["step"]) for r in rows if r.get(key)] for key in ("train/loss", "train/lr")}
-        assert steps["train/loss"] == steps["train/lr"] == [2, 5, 8], group  # every third step, counted from 0
-        # Each written loss is the loss of the step it is written at (not an earlier step's, held over), and the rate is Adam's.
-        written = {int(r["step"]): float(r["train/loss"]) for r in rows if r.get("train/loss")}
-        assert written == pytest.approx({s: returned.losses[s] for s in (2, 5, 8)}, rel=1e-6), group
-        assert [float(r["train/lr"]) for r in rows if r.get("train/lr")] == pytest.approx([1e-3] * 3), group
-        assert float(trainer.progress_bar_metrics["train/loss"]) == pytest.approx(returned.losses[8], rel=1e-6), group  # the last written
+    trainer = L.Trainer(max_epochs=1, logger=CSVLogger(tmp_path, name="", version=""), log_every_n_steps=3, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, callbacks=[returned])  # fmt: skip
+    data = FashionMNISTDataModule(tiny_data_dir, val_size=N_VAL, batch_size=10)
+    trainer.fit(FashionClassifier("mlp", backbone_kwargs={"hidden": 8}), datamodule=data)
+    rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
+    assert trainer.global_step == (120 - N_VAL) // 10 == len(returned.losses)
+    assert [int(r["step"]) for r in rows if r.get("train/loss")] == [2, 5, 8]  # every third step, counted from 0
+    # Each written loss is the loss of the step it is written at (not an earlier step's, held over).
+    written = {int(r["step"]): float(r["train/loss"]) for r in rows if r.get("train/loss")}
+    assert written == {s: returned.losses[s] for s in (2, 5, 8)}
+    assert float(trainer.progress_bar_metrics["train/loss"]) == returned.losses[8]  # the last written

@@ -226,7 +226,7 @@ def test_an_error_in_the_datas_setup_leaves_no_run_folder(tiny_data_dir, tmp_pat
 def test_only_event_files_with_nothing_logged_count_as_empty(tmp_path):
     from torch.utils.tensorboard import SummaryWriter
 
-    from fashion_conv.fit import _holds_nothing_logged
+    from fashion_conv.runs import _holds_nothing_logged
 
     for name, scalars in (("empty", 0), ("logged", 1)):
         writer = SummaryWriter(tmp_path / name)
@@ -258,7 +258,7 @@ def test_short_parse_error_says_option_value_and_choices_in_one_line():
 def test_resume_last_picks_the_newest_checkpoint_not_the_highest_name(tmp_path):
     import os
 
-    from fashion_conv.fit import find_last_checkpoint
+    from fashion_conv.runs import find_last_checkpoint
 
     assert find_last_checkpoint(tmp_path) is None
     for version, mtime in (("version_9", 1_000_000), ("version_10", 2_000_000), ("version_2", 1_500_000)):
@@ -270,7 +270,7 @@ def test_resume_last_picks_the_newest_checkpoint_not_the_highest_name(tmp_path):
 
 
 def test_settings_compare_as_config_yaml_writes_them():
-    from fashion_conv.fit import _plain
+    from fashion_conv.runs import _plain
 
     assert _plain({"a": (1, (2, 3)), "b": [{"c": (4,)}]}) == {"a": [1, [2, 3]], "b": [{"c": [4]}]}
 
@@ -307,7 +307,7 @@ class _ListedEmpty(type(Path())):
 
 
 def test_each_run_reserves_the_next_free_version_folder(tmp_path, monkeypatch):
-    from fashion_conv.fit import _VERSION_ENV, reserve_version
+    from fashion_conv.runs import _VERSION_ENV, reserve_version
 
     monkeypatch.setenv(_VERSION_ENV, "")  # restored afterwards: reserve_version sets it for DDP workers
     runs = tmp_path / "lightning_logs" / "mlp"
@@ -330,7 +330,7 @@ def test_each_run_reserves_the_next_free_version_folder(tmp_path, monkeypatch):
 def test_drop_earlier_hparams_leaves_files_without_them_untouched(tmp_path):
     from torch.utils.tensorboard import SummaryWriter
 
-    from fashion_conv.fit import drop_earlier_hparams
+    from fashion_conv.runs import drop_earlier_hparams
 
     writer = SummaryWriter(tmp_path)
     writer.add_scalar("train/loss", 1.5, 0)
@@ -342,7 +342,7 @@ def test_drop_earlier_hparams_leaves_files_without_them_untouched(tmp_path):
 
 
 def test_fit_builds_its_trainer_with_our_logger_checkpoint_io_and_progress_bar(tiny_data_dir, tmp_path):
-    from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
+    from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar, TQDMProgressBar
     from lightning.pytorch.loggers import TensorBoardLogger
 
     from fashion_conv.callbacks.checkpoints import AtomicCheckpointIO
@@ -350,14 +350,13 @@ def test_fit_builds_its_trainer_with_our_logger_checkpoint_io_and_progress_bar(t
 
     from fashion_conv.research.explain.callback import ExplainFigures
     from fashion_conv.fit import PROGRESS_REFRESH_STEPS, NoProfiler, build_cli
-    from fashion_conv.progress import StepProgressBar
 
     trainer = build_cli(fit_args(tiny_data_dir, tmp_path, "--trainer.enable_progress_bar", "true")).trainer
     assert isinstance(trainer.logger, TensorBoardLogger) and trainer.logger.log_dir == str(tmp_path / "lightning_logs" / "mlp" / "version_0")
     assert trainer.logger._default_hp_metric is False  # no hp_metric -1 scalar: the HPARAMS tab gets real metrics
     assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)  # a kill mid-save keeps the old checkpoint
     bars = [c for c in trainer.callbacks if isinstance(c, ProgressBar)]
-    assert [type(b) for b in bars] == [StepProgressBar] and bars[0].refresh_rate == PROGRESS_REFRESH_STEPS
+    assert [type(b) for b in bars] == [TQDMProgressBar] and bars[0].refresh_rate == PROGRESS_REFRESH_STEPS
     assert type(trainer.profiler) is NoProfiler and [c.enabled for c in trainer.callbacks if isinstance(c, ExplainFigures)] == [True]
     options = ("--trainer.profiler", "simple", "--explain_figures", "false")
     trainer = build_cli(fit_args(tiny_data_dir, tmp_path / "options", *options)).trainer
@@ -365,7 +364,7 @@ def test_fit_builds_its_trainer_with_our_logger_checkpoint_io_and_progress_bar(t
     # One callback in a config file is not a list; it joins the defaults all the same.
     config = {"data": {"data_dir": str(tiny_data_dir)}, "trainer": {"default_root_dir": str(tmp_path), "callbacks": {"class_path": "LearningRateMonitor"}}}
     callbacks = build_cli(config).trainer.callbacks
-    assert sum(isinstance(c, LearningRateMonitor) for c in callbacks) == 1 and sum(isinstance(c, StepProgressBar) for c in callbacks) == 1
+    assert sum(isinstance(c, LearningRateMonitor) for c in callbacks) == 1 and sum(isinstance(c, TQDMProgressBar) for c in callbacks) == 1
     without = build_cli(fit_args(tiny_data_dir, tmp_path, "--trainer.logger", "false")).trainer
     assert without.logger is None and [p.name for p in (tmp_path / "lightning_logs" / "mlp").iterdir()] == ["version_0"]  # none reserved
 
@@ -402,7 +401,7 @@ def test_train_and_test_runs_in_a_users_own_trainer_and_loads_weights_only(tiny_
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from fashion_conv import FashionMNISTDataModule
-    from fashion_conv.fit import train_and_test
+    from fashion_conv.runs import train_and_test
 
     def trainer(monitor="val/acc", logger=False):
         best = ModelCheckpoint(monitor=monitor, mode="max")
@@ -423,8 +422,8 @@ def test_train_and_test_runs_in_a_users_own_trainer_and_loads_weights_only(tiny_
     assert json.loads((tmp_path / "metrics.json").read_text()) == summary
     # A checkpoint callback that monitors nothing (its best is the last), and a logger with no folder of its own.
     summary = train_and_test(trainer(monitor=None, logger=_NoFolderLogger()), FashionClassifier("mlp"), data, None, 7)
-    assert summary["val_acc"] is None and summary["best_checkpoint"].endswith(".ckpt") and summary["run_dir"] is None
-    assert json.loads((tmp_path / "metrics.json").read_text()) == summary  # written in default_root_dir
+    assert summary["val_acc"] is None and summary["best_checkpoint"].endswith(".ckpt") and summary["run_dir"] == str(tmp_path)
+    assert json.loads((tmp_path / "metrics.json").read_text()) == summary  # written in default_root_dir, and said so
     marker, evil = tmp_path / "ran", tmp_path / "evil.ckpt"
     torch.save({"state_dict": {}, "x": Payload(marker)}, evil)
     with pytest.raises(Exception, match="Weights only load failed"):
@@ -464,7 +463,7 @@ def test_the_run_folder_is_named_by_the_backbone_however_it_is_given():
 
     from jsonargparse import Namespace
 
-    from fashion_conv.fit import _backbone_name
+    from fashion_conv.runs import backbone_name as _backbone_name
 
     assert _backbone_name(SimpleNamespace(backbone="cnn5")) == "cnn5"
     assert _backbone_name(SimpleNamespace(backbone=Namespace(class_path="nets.TinyNet"))) == "nets.TinyNet"

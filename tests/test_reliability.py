@@ -25,9 +25,9 @@ pytestmark = pytest.mark.slow
 
 
 def fit_args(data_dir, root, *extra):
-    """A tiny cnn5 run: 13 batches of 8 an epoch, taken 2 a call (7 calls), so PauseAt's batch counts calls."""
+    """A tiny cnn5 run: 13 batches of 8 an epoch."""
     return [
-        "--data.data_dir", str(data_dir), "--data.val_size", "20", "--data.batch_size", "8", "--data.steps_per_call", "2",
+        "--data.data_dir", str(data_dir), "--data.val_size", "20", "--data.batch_size", "8",
         "--trainer.default_root_dir", str(root), "--trainer.enable_progress_bar", "false",
         "--trainer.enable_model_summary", "false", "--trainer.max_epochs", "3", "--model.backbone", "cnn5", *extra,
     ]  # fmt: skip

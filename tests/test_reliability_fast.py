@@ -52,16 +52,13 @@ def test_epoch_shuffle_resumes_at_the_offset_of_that_epoch_once():
     assert list(EpochShuffle(50, seed=big)) == expected
 
 
-@pytest.mark.parametrize("group", [1, 4])  # one batch a training_step call, or groups of 4 (13 batches: 4+4+4+1)
-def test_sigterm_mid_epoch_saves_then_resume_matches_an_uninterrupted_run(tiny_data_dir, tmp_path, group):
-    grouping = ["--data.steps_per_call", str(group)]
-    assert main(fit_args(tiny_data_dir, tmp_path / "ref", *grouping)) == 0
+def test_sigterm_mid_epoch_saves_then_resume_matches_an_uninterrupted_run(tiny_data_dir, tmp_path):
+    assert main(fit_args(tiny_data_dir, tmp_path / "ref")) == 0
     reference = last_checkpoint(tmp_path / "ref")
     before = signal.signal(signal.SIGTERM, signal.SIG_IGN)  # were the handler missing, the signal is ignored, not fatal
-    call = 4 // group  # the call that would start at step 4 of epoch 1
     try:
-        signal_at = ["--trainer.callbacks+=nets.SignalAt", "--trainer.callbacks.epoch=1", f"--trainer.callbacks.batch={call}"]
-        assert main(fit_args(tiny_data_dir, tmp_path / "run", *grouping, *signal_at)) == 128 + signal.SIGTERM
+        signal_at = ["--trainer.callbacks+=nets.SignalAt", "--trainer.callbacks.epoch=1", "--trainer.callbacks.batch=4"]
+        assert main(fit_args(tiny_data_dir, tmp_path / "run", *signal_at)) == 128 + signal.SIGTERM
         assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN  # the previous handler is back
     finally:
         signal.signal(signal.SIGTERM, before)
@@ -69,8 +66,8 @@ def test_sigterm_mid_epoch_saves_then_resume_matches_an_uninterrupted_run(tiny_d
     # SignalAt's hook runs before GracefulStop's: the checkpoint is written before step 4 of epoch 1 ran.
     assert (stopped["epoch"], stopped["global_step"]) == (1, STEPS_PER_EPOCH + 4)
     state = stopped["callbacks"]["GracefulStop"]
-    assert state["mid_epoch"] == [1, call] and set(state) == {"mid_epoch", "train_seconds"} and state["train_seconds"] > 0
-    assert main(fit_args(tiny_data_dir, tmp_path / "run", "--ckpt_path", "last")) == 0  # grouping: the checkpoint's
+    assert state["mid_epoch"] == [1, 4] and set(state) == {"mid_epoch", "train_seconds"} and state["train_seconds"] > 0
+    assert main(fit_args(tiny_data_dir, tmp_path / "run", "--ckpt_path", "last")) == 0
     resumed = last_checkpoint(tmp_path / "run")
     assert resumed["global_step"] == reference["global_step"] == 2 * STEPS_PER_EPOCH
     for key, value in reference["state_dict"].items():
@@ -278,17 +275,26 @@ def test_best_ckpt_is_rank_0s_copy_of_the_best_checkpoint_only(tmp_path):
 
     from fashion_conv.callbacks.checkpoints import BestCheckpoint
 
-    def trainer(rank: int):
-        def save_checkpoint(path, weights_only=False):
-            Path(path).write_bytes(f"{Path(path).name} by rank {rank}".encode())
+    def best(name: str, score: float) -> None:
+        callback.best_model_path, callback.best_model_score = str(tmp_path / name), torch.tensor(score)
+        (tmp_path / name).write_bytes(f"{name} {score}".encode())
 
-        return SimpleNamespace(global_step=7, loggers=[], is_global_zero=rank == 0, save_checkpoint=save_checkpoint)
-
+    rank = {r: SimpleNamespace(is_global_zero=r == 0) for r in (0, 1)}
     callback = BestCheckpoint(dirpath=tmp_path)
-    callback.best_model_path = str(tmp_path / "best-epoch=1.ckpt")
-    callback._save_checkpoint(trainer(1), callback.best_model_path)  # another DDP rank: rank 0 writes the copy
+    callback.copy_best(rank[0])  # no best yet: nothing to copy
     assert not (tmp_path / "best.ckpt").exists()
-    callback._save_checkpoint(trainer(0), callback.best_model_path)
-    assert (tmp_path / "best.ckpt").read_bytes() == b"best-epoch=1.ckpt by rank 0"
-    callback._save_checkpoint(trainer(0), str(tmp_path / "other.ckpt"))  # not the best: best.ckpt stays
-    assert (tmp_path / "best.ckpt").read_bytes() == b"best-epoch=1.ckpt by rank 0"
+    best("best-epoch=1.ckpt", 0.5)
+    callback.copy_best(rank[1])  # another DDP rank: rank 0 writes the copy
+    assert not (tmp_path / "best.ckpt").exists()
+    callback.copy_best(rank[0])
+    assert (tmp_path / "best.ckpt").read_bytes() == b"best-epoch=1.ckpt 0.5"
+    (tmp_path / "best-epoch=1.ckpt").write_bytes(b"rewritten")  # the same best again: not copied again
+    callback.copy_best(rank[0])
+    assert (tmp_path / "best.ckpt").read_bytes() == b"best-epoch=1.ckpt 0.5"
+    best("best-epoch=1.ckpt", 0.75)  # a new best under the same name (a filename without the metric)
+    callback.copy_best(rank[0])
+    assert (tmp_path / "best.ckpt").read_bytes() == b"best-epoch=1.ckpt 0.75"
+    best("best-epoch=3.ckpt", 0.8)
+    callback.copy_best(rank[0])
+    assert (tmp_path / "best.ckpt").read_bytes() == b"best-epoch=3.ckpt 0.8"
+

@@ -87,24 +87,18 @@ def test_a_checkpoint_this_run_cannot_continue_is_refused_before_anything_is_wri
     assert [p.name for p in root.rglob("version_*")] == ["version_0"]
 
 
-def test_a_checkpoint_from_before_a_data_option_existed_resumes_with_its_default(finished_run, tmp_path, capsys):
+def test_a_checkpoint_without_a_data_option_resumes_with_the_value_asked_for(finished_run, tmp_path, capsys):
+    """A checkpoint whose data hyperparameters lack an option (a data module that did not have it) compares as the
+    value asked for: it does not block a resume."""
     data, root = finished_run
     full = torch.load(run_dir(root) / "checkpoints" / "last.ckpt", weights_only=True)
-    old = tmp_path / "checkpoints" / "old.ckpt"  # as written before random_shift and steps_per_call were options
+    old = tmp_path / "checkpoints" / "old.ckpt"
     old.parent.mkdir()
-    dm = {k: v for k, v in full["datamodule_hyper_parameters"].items() if k not in ("random_shift", "steps_per_call")}
+    dm = {k: v for k, v in full["datamodule_hyper_parameters"].items() if k != "random_shift"}
     torch.save({**full, "datamodule_hyper_parameters": dm}, old)
     capsys.readouterr()
-    assert main(fit_args(data, tmp_path, "--ckpt_path", str(old), "--data.steps_per_call", "4")) == 1
-    # random_shift: missing means the value asked for; steps_per_call: missing means 1 (one batch a call), not 4.
-    assert capsys.readouterr().err.startswith(f"error: {old}: was trained with --data.steps_per_call 1 (now 4); a resumed run")
-    from types import SimpleNamespace
-
-    from fashion_conv.fit import resolve_steps_per_call
-
-    config = SimpleNamespace(data=SimpleNamespace(steps_per_call=None, batch_size=16), trainer=SimpleNamespace())
-    resolve_steps_per_call(config, old)  # left to fit: the old checkpoint's one batch a call, not the default 16
-    assert config.data.steps_per_call == 1
+    assert main(fit_args(data, tmp_path, "--ckpt_path", str(old), "--data.random_shift", "2")) == 0
+    assert "was trained with" not in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -219,7 +213,7 @@ def test_ctrl_c_mid_epoch_checkpoints_and_reports_nothing(tiny_data_dir, tmp_pat
     marker = tmp_path / "paused"
     pause = ["--trainer.callbacks+=nets.PauseAt", "--trainer.callbacks.epoch=1", "--trainer.callbacks.batch=1",  # steps 8-12
              f"--trainer.callbacks.marker={marker}", "--trainer.callbacks.seconds=3"]  # fmt: skip
-    args = fit_args(tiny_data_dir, tmp_path / "runs", "--trainer.max_epochs", "2", "--data.steps_per_call", "8", *pause)
+    args = fit_args(tiny_data_dir, tmp_path / "runs", "--trainer.max_epochs", "2", *pause)
     proc = subprocess.Popen([PYTHON, "-m", "fashion_conv.fit", *args], cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 120
     while not marker.exists():

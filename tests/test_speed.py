@@ -112,54 +112,60 @@ def test_benchmark_needs_the_data(tmp_path, capsys):
     assert capsys.readouterr().err.startswith(f"error: --data-dir: {tmp_path}/processed/fashion-mnist-train.csv")
 
 
-@pytest.mark.parametrize("group", [1, 4])
 @pytest.mark.parametrize("backbone", ["mlp", "cnn"])
-def test_fit_trains_the_weights_a_plain_loop_trains(tiny_data_dir, backbone, group):
-    """The whole fast path (fused Adam, channels-last, batches cut from uint8, Lightning's loop, one batch or groups of
-    4 a call) against a hand-written loop with the default per-tensor Adam over the same batches: the same weights to
-    float rounding."""
+def test_fit_trains_the_weights_a_plain_loop_trains(tiny_data_dir, backbone):
+    """fit's whole path (fused Adam, channels-last, batches cut from uint8, Lightning's loop) against hand-written
+    loops over the same batches, with a tolerance that float rounding sets on this CPU, not a constant.
+
+    Two plain loops that differ only in kernel choice (fused Adam and NHWC convs, or per-tensor Adam and NCHW) measure
+    what rounding can do here; fit must agree with both within 4x that. A loop that swaps two batches must not: it
+    shows the tolerance still tells a wrong batch from rounding (on an Intel Xeon, rounding moves each tensor by
+    1e-7 to 2e-5 of its training distance, a swapped batch by 8e-3 to 7e-2)."""
     import lightning as L
 
     L.seed_everything(7)
     model = FashionClassifier(backbone=backbone)
     start = {k: v.clone() for k, v in model.backbone.state_dict().items()}
-    data = FashionMNISTDataModule(tiny_data_dir, val_size=20, batch_size=16, shuffle_seed=3, steps_per_call=group)
+    data = FashionMNISTDataModule(tiny_data_dir, val_size=20, batch_size=16, shuffle_seed=3)
     trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, limit_val_batches=0)  # fmt: skip
     trainer.fit(model, datamodule=data)
-    assert trainer.optimizers[0].defaults["fused"] is True and model.automatic_optimization is (group == 1)
+    assert trainer.optimizers[0].defaults["fused"] is True and trainer.global_step == 2 * 7  # 100 images, batches of 16
+    trained = model.backbone.state_dict()
 
-    net = build_backbone(backbone)
-    net.load_state_dict(start)
-    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3, foreach=False)  # the plain per-tensor update
     images, labels = data.train_set.images, data.train_set.labels
+    batches = []  # the sample indices of each of fit's 14 batches, in order
     for epoch in range(2):
         sampler = data.train_dataloader().sampler
         sampler.set_epoch(epoch)
-        for idx in torch.tensor(list(sampler)).split(16):
-            loss = torch.nn.functional.cross_entropy(net(images[idx].float() / 255), labels[idx])
+        batches += torch.tensor(list(sampler)).split(16)
+
+    def plain_loop(fast_kernels: bool, order: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        net = build_backbone(backbone)
+        net.load_state_dict(start)
+        layout = torch.channels_last if fast_kernels else torch.contiguous_format
+        net.to(memory_format=layout)
+        adam = {"fused": True} if fast_kernels else {"foreach": False}  # one fused kernel, or the per-tensor loop
+        optimizer = torch.optim.Adam(net.parameters(), lr=1e-3, **adam)
+        for idx in order:
+            loss = torch.nn.functional.cross_entropy(net((images[idx].float() / 255).contiguous(memory_format=layout)), labels[idx])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-    trained = model.backbone.state_dict()
-    assert trainer.global_step == 2 * 7  # 100 training images, batches of 16
-    for k, v in net.state_dict().items():
+        return net.state_dict()
+
+    def distance(a: dict, b: dict) -> dict[str, float]:
+        """Per tensor: how far apart two trained copies are, relative to how far training moved the weights."""
+        return {k: ((a[k] - b[k]).norm() / (b[k] - start[k]).norm()).item() for k in b}
+
+    fast, per_tensor = plain_loop(True, batches), plain_loop(False, batches)
+    swapped = list(batches)
+    swapped[8], swapped[9] = swapped[9], swapped[8]
+    wrong = plain_loop(True, swapped)
+    rounding = distance(per_tensor, fast)
+    tolerance = {k: 4 * v + 1e-6 for k, v in rounding.items()}  # 1e-6: where both kernels round alike (a bias)
+    for k, v in trained.items():
         assert not torch.equal(v, start[k]), k  # it trained
-        # Rounding differences (fused kernel, NHWC convs) grow where Adam divides a near-zero gradient by its
-        # near-zero scale; one step moves a weight by lr = 1e-3, so 1e-4 still tells a wrong batch apart.
-        assert torch.allclose(trained[k], v, rtol=0, atol=1e-4), k
-
-
-@pytest.mark.slow
-def test_step_cost_prints_a_row_per_variant(tiny_data_dir):
-    """scripts/step_cost.py, the README's per-step breakdown, end to end on tiny data (5 fresh processes)."""
-    import subprocess
-    import sys
-
-    from conftest import REPO
-
-    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "step_cost.py"), "--repeats", "1", "--data-dir", str(tiny_data_dir),
-                           "--val-size", "20"], capture_output=True, text=True, cwd=tiny_data_dir.parent)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = [line.split(" | ")[0].lstrip("| ") for line in proc.stdout.splitlines() if line.startswith("| ") and "---" not in line]
-    assert rows == ["variant", "plain", "one-batch-setattr", "one-batch", "group-hooks", "fit"]
+        assert distance(trained, fast)[k] <= tolerance[k], k
+        assert distance(trained, per_tensor)[k] <= tolerance[k], k
+        assert distance(wrong, fast)[k] > tolerance[k], k  # a wrong batch is more than rounding

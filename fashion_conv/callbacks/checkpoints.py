@@ -26,14 +26,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             super().save_checkpoint(checkpoint, tmp, storage_options)
 
 
-# The mid-epoch resume contract, in three places that must agree (why: Lightning restores the optimizer and the
+# The mid-epoch resume contract, in two places that must agree (why: Lightning restores the optimizer and the
 # step count, but not where in the epoch's shuffle a run stopped, nor state its hooks would have reset):
 # - GracefulStop (below) saves ``mid_epoch`` = (epoch, batches done) in the checkpoint and, on resume, tells
 #   the sampler to skip ``batches x batch_size`` samples; fit.py refuses a resume whose batch size differs, so
 #   the count stays true;
-# - EpochShuffle (datamodule.py) draws each epoch's order from (seed, epoch) only, so the skipped samples are
-#   exactly those already trained on;
-# - FashionClassifier.__init__ (module.py) runs on_train_epoch_start itself, since a resumed epoch skips that hook.
+# - EpochShuffle (data/datamodule.py) draws each epoch's order from (seed, epoch) only, so the skipped samples are
+#   exactly those already trained on.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
@@ -152,8 +151,29 @@ class BestCheckpoint(ModelCheckpoint):
 
     ALIAS = "best.ckpt"
 
-    def _save_checkpoint(self, trainer: Trainer, filepath: str) -> None:
-        super()._save_checkpoint(trainer, filepath)
-        if filepath == self.best_model_path and trainer.is_global_zero:  # rank 0 wrote the file (Lightning waits for it)
-            with atomic_path(Path(filepath).with_name(self.ALIAS)) as tmp:
-                shutil.copyfile(filepath, tmp)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.aliased: tuple[str, float | None] | None = None  # the (path, score) that best.ckpt holds
+
+    # ModelCheckpoint saves in these three hooks (which one depends on its settings); the alias follows each.
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any, **kwargs: Any) -> None:
+        super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
+        self.copy_best(trainer)
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        self.copy_best(trainer)
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        self.copy_best(trainer)
+
+    def copy_best(self, trainer: Trainer) -> None:
+        """Copy a new best checkpoint to ``best.ckpt`` (rank 0 wrote it, and Lightning waited for it)."""
+        score = self.best_model_score.item() if self.best_model_score is not None else None
+        best = (self.best_model_path, score)
+        if not self.best_model_path or best == self.aliased or not trainer.is_global_zero:
+            return
+        with atomic_path(Path(self.best_model_path).with_name(self.ALIAS)) as tmp:
+            shutil.copyfile(self.best_model_path, tmp)
+        self.aliased = best

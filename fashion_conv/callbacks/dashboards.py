@@ -3,6 +3,8 @@ the HPARAMS tab's columns and values."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import matplotlib
 
 matplotlib.use("Agg")  # headless: figures are rendered to TensorBoard, never shown
@@ -15,6 +17,8 @@ from tensorboard.compat.proto import summary_pb2
 from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 from tensorboard.plugins.hparams import metadata as hp_metadata
 from tensorboard.plugins.hparams.summary_v2 import hparams_pb
+from torch.utils.tensorboard.summary import scalar
+from torch.utils.tensorboard.writer import FileWriter
 
 from fashion_conv.data.csvio import CLASS_NAMES
 
@@ -129,8 +133,8 @@ def _hparam_type(value) -> int:
     return api_pb2.DATA_TYPE_FLOAT64 if isinstance(value, (int, float)) else api_pb2.DATA_TYPE_STRING
 
 
-def log_hparams(writer, hp: dict, metrics: dict, step: int, trial_id: str | None = None) -> None:
-    """Declare the HPARAMS tab's columns (TensorBoard's experiment config; every run writes the same one), this
+def log_hparams(log_dir: str | Path, hp: dict, metrics: dict, step: int, trial_id: str | None = None) -> None:
+    """Into a new event file in ``log_dir``: declare the HPARAMS tab's columns (TensorBoard's experiment config; every run writes the same one), this
     run's values (a session start, named ``trial_id`` in the table, e.g. ``cnn/version_0``) and its final
     metrics (scalars ``hp/*``)."""
     hp = {k: ("none" if v is None else v) for k, v in {**hp, "recipe": recipe_text(hp)}.items()}
@@ -138,8 +142,11 @@ def log_hparams(writer, hp: dict, metrics: dict, step: int, trial_id: str | None
     metric_infos = [api_pb2.MetricInfo(name=api_pb2.MetricName(tag=t), description=d) for t, d in HPARAMS_METRICS.items()]
     experiment = plugin_data_pb2.HParamsPluginData(experiment=api_pb2.Experiment(hparam_infos=infos, metric_infos=metric_infos))
     value = summary_pb2.Summary.Value(tag=hp_metadata.EXPERIMENT_TAG, metadata=hp_metadata.create_summary_metadata(experiment))
-    file_writer = writer._get_file_writer()  # reopens the event file if Lightning closed it after test (as Lightning does)
-    file_writer.add_summary(summary_pb2.Summary(value=[value]))
-    file_writer.add_summary(hparams_pb(hp, trial_id=trial_id))
-    for tag, number in metrics.items():
-        writer.add_scalar(tag, number, global_step=step)
+    writer = FileWriter(str(log_dir))
+    try:
+        writer.add_summary(summary_pb2.Summary(value=[value]))
+        writer.add_summary(hparams_pb(hp, trial_id=trial_id))
+        for tag, number in metrics.items():
+            writer.add_summary(scalar(tag, number), global_step=step)
+    finally:
+        writer.close()

@@ -6,8 +6,6 @@ needed); ``setup(stage)`` parses them (cached) and builds the train/validation s
 
 from __future__ import annotations
 
-import math
-from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -17,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from fashion_conv.data.augment import augment, step_generator
 from fashion_conv.data.classes import CLASS_NAMES
 from fashion_conv.data.csvio import read_csv
-from fashion_conv.utils.errors import FashionConvError
+from fashion_conv.utils.errors import ArgumentValueError, FashionConvError
 from fashion_conv.data.files import csv_paths, prepare_data
 
 
@@ -52,22 +50,6 @@ class InMemoryImages(Dataset):
 def _batch_as_is(batch):
     """``__getitems__`` already returns a collated (x, y) batch."""
     return batch
-
-
-class BatchGroup(list):
-    """Consecutive training batches ``[(x, y), ...]`` handed to one ``training_step`` call (``steps_per_call``): a
-    type of its own, so that it is never taken for a collated ``[x, y]`` batch (Lightning keeps the type on transfer)."""
-
-
-def steps_per_epoch(loader: DataLoader, group: int) -> int:
-    """Optimizer steps (batches of ``batch_size``) in one pass over a training loader whose calls take ``group`` each."""
-    return math.ceil(len(loader.sampler) / (loader.batch_size // group))  # pragma: no mutate: equivalent, / is exact: group x batch_size
-
-
-def _split_batches(batch, batch_size: int) -> BatchGroup:
-    """A gathered group of consecutive batches, cut back into ``(x, y)`` batches of ``batch_size`` (views, no copy)."""
-    x, y = batch
-    return BatchGroup(zip(x.split(batch_size), y.split(batch_size)))
 
 
 class EpochShuffle(Sampler[int]):
@@ -123,11 +105,6 @@ class FashionMNISTDataModule(L.LightningDataModule):
             permutation drawn from this seed (destroys spatial structure, keeps pixel values); ``None``: no shuffle.
         test_size: test on a fixed random subset of N test images (drawn with ``split_seed``, kept in file
             order), for quick studies; ``None`` tests on all of them.
-        steps_per_call: training batches handed to each ``training_step`` call, as a ``BatchGroup`` of ``(x, y)`` batches of
-            ``batch_size`` (the same batches in the same order); ``FashionClassifier`` then takes one optimizer step
-            per batch, so Lightning's fixed cost per call is paid once per group. 1 (the default): plain ``(x, y)``
-            batches, as any LightningModule expects. ``None`` means 1 here; ``python -m fashion_conv.fit`` resolves
-            it to 16 batches (at most about 2,048 images) a call where the trainer settings allow (see ``module.steps_per_call_conflicts``).
     """
 
     def __init__(
@@ -147,17 +124,16 @@ class FashionMNISTDataModule(L.LightningDataModule):
         train_size: int | None = None,
         pixel_permutation_seed: int | None = None,
         test_size: int | None = None,
-        steps_per_call: int | None = 1,
     ):  # pragma: no mutate block (for mutmut: save_hyperparameters() reads this frame)
         super().__init__()
         for name, value, low in (("batch_size", batch_size, 1), ("eval_batch_size", eval_batch_size, 1), ("val_size", val_size, 0), ("random_shift", random_shift, 0)):
             if value < low:
-                raise FashionConvError(f"--data.{name} must be at least {low}, got {value}")
+                raise ArgumentValueError(name, f"must be at least {low}, got {value}")
         if not 0 <= random_erasing <= 1:
-            raise FashionConvError(f"--data.random_erasing is a probability in [0, 1], got {random_erasing}")
-        for name, value in (("train_size", train_size), ("test_size", test_size), ("steps_per_call", steps_per_call)):
+            raise ArgumentValueError("random_erasing", f"is a probability in [0, 1], got {random_erasing}")
+        for name, value in (("train_size", train_size), ("test_size", test_size)):
             if value is not None and value < 1:
-                raise FashionConvError(f"--data.{name} must be at least 1, got {value}")
+                raise ArgumentValueError(name, f"must be at least 1, got {value}")
         data_dir = str(data_dir)  # a Path in the hyperparameters would make every checkpoint fail a weights-only load
         self.save_hyperparameters()
         self.data_dir = Path(data_dir)
@@ -165,14 +141,9 @@ class FashionMNISTDataModule(L.LightningDataModule):
         self.train_set = self.val_set = self.test_set = None
         self.pixel_permutation: torch.Tensor | None = None  # (784,), set by setup() when pixel_permutation_seed is given
 
-    @property
-    def steps_per_call(self) -> int:
-        """Training batches per ``training_step`` call (1: plain batches)."""
-        return self.hparams.get("steps_per_call") or 1
-
     def prepare_data(self) -> None:
         if not self.data_dir.is_dir():
-            raise FashionConvError(f"data_dir {str(self.data_dir)!r} does not exist (cwd: {Path.cwd()}); create it or pass --data.data_dir")
+            raise ArgumentValueError("data_dir", f"{str(self.data_dir)!r} does not exist (cwd: {Path.cwd()}); create it or choose another")
         prepare_data(self.data_dir, mirror=None if self.hparams.download else "")
 
     def setup(self, stage: str | None = None) -> None:
@@ -181,13 +152,13 @@ class FashionMNISTDataModule(L.LightningDataModule):
             images, labels = self._load_split(paths["train"])
             n_val = self.hparams.val_size
             if n_val >= len(labels):
-                raise FashionConvError(f"--data.val_size {n_val} leaves no training images: {paths['train']} has {len(labels)} rows")
+                raise ArgumentValueError("val_size", f"{n_val} leaves no training images: {paths['train']} has {len(labels)} rows")
             order = seeded_permutation(len(labels), self.hparams.split_seed)
             train_idx, val_idx = order[n_val:], order[:n_val]
             n_train = self.hparams.train_size
             if n_train is not None:
                 if n_train > len(train_idx):
-                    raise FashionConvError(f"--data.train_size {n_train} is more than the {len(train_idx)} images left after validation")
+                    raise ArgumentValueError("train_size", f"{n_train} is more than the {len(train_idx)} images left after validation")
                 train_idx = train_idx[:n_train]
             self.train_set = InMemoryImages(images[train_idx], labels[train_idx])
             self.val_set = InMemoryImages(images[val_idx], labels[val_idx])
@@ -217,8 +188,6 @@ class FashionMNISTDataModule(L.LightningDataModule):
         trainer, hp = self.trainer, self.hparams
         if trainer is None or not trainer.training or not (hp.random_shift or hp.hflip or hp.random_erasing):
             return batch
-        if isinstance(batch, BatchGroup):  # a group: batch i is the one of optimizer step global_step + i
-            return [self._augment(b, trainer.global_step + i) for i, b in enumerate(batch)]
         return self._augment(batch, trainer.global_step)
 
     def _augment(self, batch: tuple[torch.Tensor, torch.Tensor], step: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -235,11 +204,7 @@ class FashionMNISTDataModule(L.LightningDataModule):
             sampler = DistributedSampler(self.train_set, trainer.world_size, trainer.global_rank, shuffle=True, seed=seed % 2**63)
         else:
             sampler = EpochShuffle(len(self.train_set), seed)
-        size, group = self.hparams.batch_size, self.steps_per_call
-        if group == 1:
-            return self._loader(self.train_set, size, sampler=sampler)
-        # One gather of group * batch_size images, cut into the group's batches: the same batches as group == 1.
-        return self._loader(self.train_set, size * group, sampler=sampler, collate_fn=partial(_split_batches, batch_size=size))
+        return self._loader(self.train_set, self.hparams.batch_size, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, self.hparams.eval_batch_size, sampler=self._eval_sampler(self.val_set))
@@ -261,7 +226,7 @@ class FashionMNISTDataModule(L.LightningDataModule):
         """The test set in file order, as ``(x, y)`` batches; ``predict_step`` ignores ``y``."""
         return self._loader(self.test_set, self.hparams.eval_batch_size)
 
-    def _loader(self, dataset: InMemoryImages, batch_size: int, sampler: Sampler | None = None, collate_fn=_batch_as_is) -> DataLoader:
+    def _loader(self, dataset: InMemoryImages, batch_size: int, sampler: Sampler | None = None) -> DataLoader:
         trainer = self.trainer
         if self.hparams.data_on_device and self.hparams.num_workers == 0 and trainer is not None:
             dataset = dataset.to(trainer.strategy.root_device)  # 47 MB of uint8 for the train split
@@ -269,7 +234,7 @@ class FashionMNISTDataModule(L.LightningDataModule):
             dataset,
             batch_size=batch_size,
             sampler=sampler,
-            collate_fn=collate_fn,
+            collate_fn=_batch_as_is,
             num_workers=self.hparams.num_workers,
             persistent_workers=self.hparams.num_workers > 0,
         )

@@ -36,6 +36,13 @@ def list_backbones() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def get_backbone_builder(name: str) -> Callable[..., nn.Module]:
+    """The class or function registered under ``name``; ``ValueError`` for a name that is not registered."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(list_backbones())}")
+    return _REGISTRY[name]
+
+
 def build_backbone(name: str, **kwargs) -> nn.Module:
     """A registered backbone by name (``mlp``, ``cnn``, ``cnn5``), or any class by import path (``pkg.mod.Net``)."""
     if name in _REGISTRY:

@@ -9,6 +9,15 @@ class FashionConvError(Exception):
     """A problem the user can fix (bad input, missing data, bad option); printed without a traceback."""
 
 
+class ArgumentValueError(FashionConvError, ValueError):
+    """A constructor argument is out of range. The message names the argument as the class spells it (``lr``);
+    ``python -m fashion_conv.fit`` prints it under the flag's name (``--model.lr``)."""
+
+    def __init__(self, argument: str, problem: str):
+        super().__init__(f"{argument} {problem}")
+        self.argument, self.problem = argument, problem
+
+
 class DataError(FashionConvError):
     """A data file is unusable. The message names the file and, where known, the line and column."""
 

@@ -41,10 +41,3 @@ def resuming() -> None:
     done), so Lightning's warning that the dataloader is not resumable does not apply."""
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty", category=UserWarning)
     warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before the epoch ended", category=UserWarning)
-
-
-def grouped_calls() -> None:
-    """With ``--data.steps_per_call > 1`` Lightning counts calls, not batches, when it warns that an epoch has fewer
-    batches than ``log_every_n_steps``; FashionClassifier logs by optimizer step, so that count is not the one that
-    decides (an epoch of 860 batches is 54 calls)."""
-    warnings.filterwarnings("ignore", message=r"The number of training batches \(\d+\) is smaller than the logging interval", category=UserWarning)
