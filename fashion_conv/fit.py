@@ -47,7 +47,7 @@ class FashionCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument(
             "--ckpt_path",
-            type=Optional[str],  # pragma: no mutate: equivalent, untyped, a command-line value is text too
+            type=Optional[str],
             default=None,
             help="Resume from this checkpoint; 'last' resumes the newest run of this backbone (or starts fresh).",
         )
@@ -122,7 +122,7 @@ def build_cli(argv: list[str] | dict | None, callbacks: Sequence[Callback] = ())
     return FashionCLI(
         FashionClassifier,
         FashionMNISTDataModule,
-        run=False,  # pragma: no mutate: equivalent, None is as False
+        run=False,
         args=argv,
         seed_everything_default=SEED,
         save_config_kwargs={"overwrite": True},
@@ -133,7 +133,7 @@ def build_cli(argv: list[str] | dict | None, callbacks: Sequence[Callback] = ())
                 # also copied to checkpoints/best.ckpt, a name the README's commands can use.
                 BestCheckpoint(
                     monitor="val/acc", mode="max", filename="best-epoch={epoch}-val_acc={val/acc:.4f}",
-                    auto_insert_metric_name=False,  # pragma: no mutate: equivalent, None is as False
+                    auto_insert_metric_name=False,
                 ),
                 # checkpoints/last.ckpt after every epoch, for --ckpt_path last. (Lightning 2.6's save_last=True
                 # skips epochs that did not improve the monitored metric.)
@@ -192,7 +192,7 @@ def short_parse_error(exc: argparse.ArgumentError) -> str:
     given = re.search(r"Given value: (.*)", rest)
     literals = re.findall(r"Expected a typing\.Literal\[(.*?)\]$", rest, re.M)
     if given and literals:
-        allowed = dict.fromkeys(c.strip(" '") for group in literals for c in group.split(","))  # pragma: no mutate: equivalent, no choice has an X
+        allowed = dict.fromkeys(c.strip(" '") for group in literals for c in group.split(","))  # pragma: no mutate
         return f"--{key}: {given.group(1)!r} is not one of {', '.join(allowed)}"
     return f"--{key}: {rest.strip().splitlines()[0]}"
 
@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}; free space, then resume with --ckpt_path last", file=sys.stderr)
         return _failed(cli, 1)
     except ArgumentValueError as exc:  # the classes name their argument (lr); the command line knows it as --model.lr
-        print(f"error: {flag_name(exc.argument)} {exc.problem}", file=sys.stderr)
+        print(f"error: {flag_name(exc.argument)}{str(exc)[len(exc.argument):]}", file=sys.stderr)
         return _failed(cli, 1)
     except (FashionConvError, MisconfigurationException) as exc:
         print(f"error: {exc}", file=sys.stderr)

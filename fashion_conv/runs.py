@@ -136,7 +136,7 @@ def train_and_test(trainer: Trainer, model: LightningModule, data: LightningData
     best = checkpoint.best_model_path if checkpoint and checkpoint.best_model_path else None
     tested = trainer.test(
         model, datamodule=data, ckpt_path=best or None, weights_only=True,
-        verbose=False,  # pragma: no mutate: equivalent, None is as False
+        verbose=False,
     )[0]  # fmt: skip
     if stop and stop.requested:
         raise SIGTERMException

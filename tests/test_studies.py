@@ -95,7 +95,7 @@ def test_a_failing_run_is_retried_once_then_reported_by_name(data_dir, tmp_path,
             "--trainer.max_epochs", "1", "--model.backbone_kwargs", '{"hidden": 8}']  # fmt: skip
     assert ingredients(argv) == 1
     captured = capsys.readouterr()
-    assert "run notebook seed 0 failed (ArgumentValueError: backbone 'cnn':" in captured.out and "retrying once" in captured.out
+    assert "run notebook seed 0 failed (ArgumentValueError: backbone:" in captured.out and "retrying once" in captured.out
     assert "error: 1 runs failed twice and are missing from the report: notebook seed 0" in captured.err
     report = (tmp_path / "out" / "report.md").read_text()
     assert "Missing runs (failed twice, see the command's output): notebook seed 0." in report

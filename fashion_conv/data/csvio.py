@@ -34,9 +34,9 @@ _CHUNK_BYTES = 1 << 21  # 2 MB of text, about 1,000 rows
 def write_csv(path: str | Path, labels: np.ndarray, images: np.ndarray) -> None:
     """Write labels (N,) and images (N, 28, 28) uint8 as the CSV layout, atomically."""
     # (column_stack takes labels of shape (N,) as a column too, and numpy reads any negative size as -1.)
-    table = np.column_stack([labels.reshape(-1, 1), images.reshape(len(images), -1)]).astype(np.uint8)  # pragma: no mutate: equivalent, see above
+    table = np.column_stack([labels.reshape(-1, 1), images.reshape(len(images), -1)]).astype(np.uint8)  # pragma: no mutate
     with atomic_path(path) as tmp:
-        pd.DataFrame(table, columns=HEADER).to_csv(tmp, index=False, lineterminator="\n")  # pragma: no mutate: equivalent, index=None is as False
+        pd.DataFrame(table, columns=HEADER).to_csv(tmp, index=False, lineterminator="\n")  # pragma: no mutate
     # Keyed by the digest only: a file changed this instant has a stat that is not trusted yet (_RACY_NS).
     _write_cache(Path(path), table, _digest(Path(path).read_bytes()), None)
 
@@ -51,10 +51,10 @@ def read_csv(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
             raw = f.read()
             stat = os.fstat(f.fileno())
         # (Parsing a second read, or trusting a stat taken across a write, differs only if the file changes while
-        # it is read: no test can time that, so those mutants count as equivalent.)
-        table = _parse(path, HEADER, raw)  # pragma: no mutate: equivalent, see above
-        _write_cache(path, table, _digest(raw), stat if _same_file(before, stat) else None)  # pragma: no mutate: equivalent, see above
-    return table[:, 0].copy(), table[:, 1:].reshape(-1, 28, 28)  # pragma: no mutate: equivalent, any negative size is -1
+        # it is read.)
+        table = _parse(path, HEADER, raw)  # pragma: no mutate
+        _write_cache(path, table, _digest(raw), stat if _same_file(before, stat) else None)  # pragma: no mutate
+    return table[:, 0].copy(), table[:, 1:].reshape(-1, 28, 28)  # pragma: no mutate
 
 
 def read_images_csv(path: str | Path) -> tuple[np.ndarray | None, np.ndarray]:
@@ -64,11 +64,11 @@ def read_images_csv(path: str | Path) -> tuple[np.ndarray | None, np.ndarray]:
     """
     path = Path(path)
     with open(path, "rb") as f:
-        start = f.read(len(_BOM) + 8)  # pragma: no mutate: equivalent, only the prefix is compared
+        start = f.read(len(_BOM) + 8)  # pragma: no mutate
     if start.removeprefix(_BOM).startswith(b"pixel1,"):
-        return None, _parse(path, PIXEL_HEADER).reshape(-1, 28, 28)  # pragma: no mutate: equivalent, numpy reads any negative size as -1
+        return None, _parse(path, PIXEL_HEADER).reshape(-1, 28, 28)  # pragma: no mutate
     table = parse_csv(path)
-    return table[:, 0].copy(), table[:, 1:].reshape(-1, 28, 28)  # pragma: no mutate: equivalent, any negative size is -1
+    return table[:, 0].copy(), table[:, 1:].reshape(-1, 28, 28)  # pragma: no mutate
 
 
 def parse_csv(path: Path) -> np.ndarray:
@@ -89,10 +89,10 @@ def _parse(path: Path, columns: list[str], raw: bytes | None = None) -> np.ndarr
             pos = raw.index(b"\r")
             raise DataError(path, "stray carriage return inside a line", *_line_col(raw, pos))
     # No final newline, or blank lines at the end. (Always stripping and adding one is the same, with a copy.)
-    if not raw.endswith(b"\n") or raw.endswith(b"\n\n"):  # pragma: no mutate: equivalent, see above
+    if not raw.endswith(b"\n") or raw.endswith(b"\n\n"):  # pragma: no mutate
         raw = raw.rstrip(b"\n") + b"\n"
     header_end = raw.find(b"\n")
-    _check_header(path, raw[:header_end].decode("utf-8", errors="replace"), columns)  # pragma: no mutate: equivalent, the default codec
+    _check_header(path, raw[:header_end].decode("utf-8", errors="replace"), columns)
     if header_end + 1 == len(raw):
         raise DataError(path, "header only, no data rows", line=2)
     return _parse_body(path, raw, header_end + 1, columns)
@@ -124,7 +124,7 @@ def _parse_body(path: Path, raw: bytes, offset: int, columns: list[str] = HEADER
     start, row, first_line = offset, 0, _line_of(raw, offset)
     while start < len(raw):
         # The chunk ends at a line end (raw ends with one). Other whole-line boundaries give the same table.
-        end = raw.find(b"\n", min(start + _CHUNK_BYTES, len(raw)) - 1) + 1  # pragma: no mutate: equivalent, see above
+        end = raw.find(b"\n", min(start + _CHUNK_BYTES, len(raw)) - 1) + 1  # pragma: no mutate
         chunk = _parse_chunk(path, raw, start, end, first_line + row, columns)
         table[row : row + len(chunk)] = chunk
         start, row = end, row + len(chunk)
@@ -144,7 +144,7 @@ def _parse_chunk(path: Path, raw: bytes, start: int, end: int, first_line: int, 
     enders = b[ends]
     bad = np.flatnonzero((enders != _COMMA) & (enders != _NEWLINE))
     if bad.size:
-        _fail_cell(path, raw, start + int(ends[bad[0]]), False, columns)  # pragma: no mutate: equivalent, None is as false
+        _fail_cell(path, raw, start + int(ends[bad[0]]), False, columns)
     ends = ends.astype(np.int32)
     widths = np.empty_like(ends)
     widths[0] = ends[0]
@@ -169,7 +169,7 @@ def _parse_chunk(path: Path, raw: bytes, start: int, end: int, first_line: int, 
     hundreds = digit[ends - 3]
     hundreds *= widths >= 3
     values += hundreds.astype(np.uint16) * np.uint16(100)
-    table = values.reshape(-1, len(columns))  # pragma: no mutate: equivalent, any negative size is -1
+    table = values.reshape(-1, len(columns))  # pragma: no mutate
     labels_bad = np.flatnonzero(table[:, 0] > 9) if columns[0] == "label" else []
     if len(labels_bad):
         r = int(labels_bad[0])
@@ -188,21 +188,21 @@ def _fail_cell(path: Path, raw: bytes, pos: int, empty: bool, columns: list[str]
             raise DataError(path, f"empty line; expected a row of {len(columns)} integers", line=_line_of(raw, pos))
     else:
         # (Searches from byte 0, None or 1 are the same: byte 0 is the header's first letter, never , or a newline.)
-        start = max(raw.rfind(b",", 0, pos), raw.rfind(b"\n", 0, pos)) + 1  # pragma: no mutate: equivalent, see above
-        end = min(i for i in (raw.find(b",", start), raw.find(b"\n", start)) if i >= 0)  # pragma: no mutate: equivalent, see above
+        start = max(raw.rfind(b",", 0, pos), raw.rfind(b"\n", 0, pos)) + 1  # pragma: no mutate
+        end = min(i for i in (raw.find(b",", start), raw.find(b"\n", start)) if i >= 0)  # pragma: no mutate
     line, column = _line_col(raw, start)
     name = columns[column - 1] if column <= len(columns) else f"column {column}"
-    found = "empty" if start == end else repr(raw[start:end].decode("utf-8", errors="replace"))  # pragma: no mutate: equivalent, the default
+    found = "empty" if start == end else repr(raw[start:end].decode("utf-8", errors="replace"))
     expected = "0-9" if name == "label" else "0-255"
     raise DataError(path, f"{name} is {found}, expected an integer in {expected}", line=line, column=column)
 
 
 def _line_of(raw: bytes, pos: int) -> int:
-    return raw.count(b"\n", 0, pos) + 1  # pragma: no mutate: equivalent, from None is from 0
+    return raw.count(b"\n", 0, pos) + 1
 
 
 def _line_col(raw: bytes, pos: int) -> tuple[int, int]:
-    line_start = raw.rfind(b"\n", 0, pos) + 1  # pragma: no mutate: equivalent, byte 0 is never a newline
+    line_start = raw.rfind(b"\n", 0, pos) + 1  # pragma: no mutate
     return _line_of(raw, pos), raw.count(b",", line_start, pos) + 1
 
 
@@ -235,10 +235,10 @@ def _digest(raw: bytes) -> bytes:
 def _identity(stat: os.stat_result | None) -> np.ndarray:
     """(5,) int64: what changes when a file's bytes may have changed; zeros for none or a racy one."""
     if stat is None or time.time_ns() - stat.st_ctime_ns < _RACY_NS:
-        return np.zeros(5, dtype=np.int64)  # pragma: no mutate: equivalent, float zeros have the same bytes
+        return np.zeros(5, dtype=np.int64)  # pragma: no mutate
     return np.array(
         [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino, stat.st_dev],
-        dtype=np.int64,  # pragma: no mutate: equivalent, numpy's default integer here (numpy 2, 64-bit)
+        dtype=np.int64,  # pragma: no mutate
     )
 
 
@@ -265,7 +265,7 @@ def _save_cache(cache: Path, table: np.ndarray, digest: bytes, stat: os.stat_res
     with atomic_path(cache) as tmp, open(tmp, "wb") as f:
         np.save(
             f, np.concatenate([stamp, table.ravel()]),
-            allow_pickle=False,  # pragma: no mutate: equivalent, a uint8 array holds nothing to pickle
+            allow_pickle=False,  # pragma: no mutate
         )  # fmt: skip
 
 
@@ -274,7 +274,7 @@ def _read_cache(csv_path: Path) -> np.ndarray | None:
     digest = None
     for cache in _cache_paths(csv_path):
         try:
-            flat = np.load(cache, allow_pickle=False)  # pragma: no mutate: equivalent, numpy's default, and None is as False
+            flat = np.load(cache, allow_pickle=False)
         except (ValueError, OSError, EOFError):
             continue  # missing or unreadable: rebuilt from the CSV
         if flat.dtype != np.uint8 or flat.ndim != 1 or flat.size <= _STAMP_BYTES or (flat.size - _STAMP_BYTES) % len(HEADER):
@@ -282,7 +282,7 @@ def _read_cache(csv_path: Path) -> np.ndarray | None:
         stamp, body = flat[:_STAMP_BYTES], flat[_STAMP_BYTES:]
         if stamp[60:].tobytes() != _TAG or zlib.crc32(body) != int(stamp[56:60].view("<u4")[0]):
             continue  # damaged (a flipped byte): never used
-        table = body.reshape(-1, len(HEADER))  # pragma: no mutate: equivalent, any negative size is -1
+        table = body.reshape(-1, len(HEADER))  # pragma: no mutate
         if table[:, 0].max() > 9:
             continue
         identity = stamp[:40].view(np.int64)

@@ -165,7 +165,7 @@ class FashionMNISTDataModule(L.LightningDataModule):
         if stage in (None, "test", "predict") and self.test_set is None:
             images, labels = self._load_split(paths["test"])
             n_test = self.hparams.test_size
-            if n_test is not None and n_test < len(labels):  # pragma: no mutate: equivalent, all rows in file order is the whole set
+            if n_test is not None and n_test < len(labels):  # pragma: no mutate
                 keep = seeded_permutation(len(labels), self.hparams.split_seed)[:n_test].sort().values  # in file order
                 images, labels = images[keep], labels[keep]
             self.test_set = InMemoryImages(images, labels)
@@ -220,7 +220,7 @@ class FashionMNISTDataModule(L.LightningDataModule):
         trainer = self.trainer
         if trainer is None or trainer.world_size <= 1 or len(dataset) % trainer.world_size:
             return None
-        return DistributedSampler(dataset, trainer.world_size, trainer.global_rank, shuffle=False)  # pragma: no mutate: equivalent, None is as False
+        return DistributedSampler(dataset, trainer.world_size, trainer.global_rank, shuffle=False)
 
     def predict_dataloader(self) -> DataLoader:
         """The test set in file order, as ``(x, y)`` batches; ``predict_step`` ignores ``y``."""

@@ -77,7 +77,7 @@ class FashionClassifier(LightningModule):
             try:
                 self.backbone = build_backbone(backbone, **_with_num_classes(backbone, backbone_kwargs or {}, num_classes))
             except (ValueError, TypeError) as exc:
-                raise ArgumentValueError("backbone", f"{backbone!r}: {exc}") from None
+                raise ArgumentValueError("backbone", f": {exc}") from None
         if lr <= 0:
             raise ArgumentValueError("lr", f"must be positive, got {lr}")
         if weight_decay < 0:

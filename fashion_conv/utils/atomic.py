@@ -54,4 +54,4 @@ def atomic_write_bytes(target: str | Path, data: bytes) -> None:
 
 
 def atomic_write_text(target: str | Path, text: str) -> None:
-    atomic_write_bytes(target, text.encode("utf-8"))  # pragma: no mutate: equivalent, codec names ignore case
+    atomic_write_bytes(target, text.encode("utf-8"))

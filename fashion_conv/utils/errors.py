@@ -14,7 +14,7 @@ class ArgumentValueError(FashionConvError, ValueError):
     ``python -m fashion_conv.fit`` prints it under the flag's name (``--model.lr``)."""
 
     def __init__(self, argument: str, problem: str):
-        super().__init__(f"{argument} {problem}")
+        super().__init__(f"{argument}{'' if problem.startswith(':') else ' '}{problem}")  # "lr must be ...", "backbone: ..."
         self.argument, self.problem = argument, problem
 
 
