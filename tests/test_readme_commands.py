@@ -1,6 +1,7 @@
-"""Every shell command in the README runs as written, in README order, in a scratch folder with tiny data.
+"""Every shell command in the README and the docs pages runs as written, in order, in a scratch folder with tiny data.
 
-The commands are read from the README's ```bash blocks and its ``$ `` lines. The only change: every
+The commands are read from the ```bash blocks and the ``$ `` lines of README.md, then of the pages in mkdocs.yml's
+navigation order (the mutation-testing page's commands take half an hour and are not run). The only change: every
 ``fashion_conv.fit`` run gets ``--data.val_size 100 --trainer.max_epochs 1`` appended, and every experiments
 run ``STUDY_SPEED`` (by the ``python`` that PATH finds here), so training is short; each option the README gives is still parsed and used. Where the
 README shows output, each shown line must appear in order, with its numbers and class names free to differ
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from conftest import REPO, tiny_arrays
 
 from fashion_conv.data.csvio import CLASS_NAMES, write_csv
@@ -24,6 +26,7 @@ from fashion_conv.data.csvio import CLASS_NAMES, write_csv
 FIT_SPEED = "--data.val_size 100 --trainer.max_epochs 1"
 # The experiments on 300 tiny images: every experiment of the pipeline, one seed, one epoch.
 STUDY_SPEED = "--train-size 200 --val-size 100 --test-size 100 --epochs 1 --seeds 1 --train-sizes 50 --kernel-sizes 3 --max-shift 2"
+NOT_RUN_PAGES = {"mutation.md"}  # mutmut over the core: half an hour (docs/mutation.md)
 SKIPPED = {
     "ray start --head --num-cpus 16": "starts a Ray cluster (test_studies.py runs the study on a local Ray instance)",
     "python -m fashion_conv.research.experiments --preset full --ray-address auto": "needs that Ray cluster, and hours",
@@ -41,6 +44,22 @@ class MyNet(nn.Module):  # the README's example of a user's own backbone
     def forward(self, x):
         return self.net(x)
 """
+
+
+def nav_pages(nav: list) -> list[str]:
+    """The page paths of an mkdocs.yml ``nav``, in order."""
+    pages = []
+    for entry in nav:
+        for value in entry.values() if isinstance(entry, dict) else [entry]:
+            pages += nav_pages(value) if isinstance(value, list) else [value]
+    return pages
+
+
+def documented_commands() -> list[tuple[str, list[str]]]:
+    """The commands of README.md, then of each docs page in navigation order."""
+    nav = yaml.safe_load((REPO / "mkdocs.yml").read_text())["nav"]
+    pages = [REPO / "docs" / page for page in nav_pages(nav) if page not in NOT_RUN_PAGES]
+    return [command for path in [REPO / "README.md", *pages] for command in readme_commands(path.read_text())]
 
 
 def readme_commands(text: str) -> list[tuple[str, list[str]]]:
@@ -93,17 +112,21 @@ def scratch(tmp_path: Path) -> dict:
 
 
 def test_readme_commands_are_found():
-    commands = [c for c, _ in readme_commands((REPO / "README.md").read_text())]
-    assert ".venv/bin/python -m fashion_conv.predict --checkpoint lightning_logs/cnn/version_0/checkpoints/best.ckpt docs/examples/test-row-1.png" in commands
-    assert "python -m fashion_conv.fit --model.backbone resnet" in commands  # a $ line with its output
-    assert set(SKIPPED) <= set(commands), "a skipped command is no longer in the README: drop it from SKIPPED"
+    readme = [c for c, _ in readme_commands((REPO / "README.md").read_text())]
+    assert readme[0] == "bash scripts/setup.sh && .venv/bin/python -m fashion_conv.fit"
+    assert "bash scripts/setup.sh test && .venv/bin/python -m pytest" in readme  # what .ci/run runs
+    assert ".venv/bin/python -m fashion_conv.predict --checkpoint lightning_logs/cnn/version_0/checkpoints/best.ckpt docs/examples/test-row-1.png" in readme
+    assert "python -m fashion_conv.fit --model.backbone resnet" in readme  # a $ line with its output
+    commands = [c for c, _ in documented_commands()]
+    assert "python -m fashion_conv.research.experiments --preset quick --workers 2" in commands  # docs/studies.md
+    assert set(SKIPPED) <= set(commands), "a skipped command is no longer in the docs: drop it from SKIPPED"
 
 
 @pytest.mark.slow
 def test_readme_commands_run_as_written(tmp_path):
     env = scratch(tmp_path)
     ran = {}  # command -> (exit status, output lines): a command shown twice runs once
-    for command, shown in readme_commands((REPO / "README.md").read_text()):
+    for command, shown in documented_commands():
         command = command.removeprefix(SETUP)
         if command in SKIPPED and not (torch.cuda.is_available() and "gpu" in command):
             continue
