@@ -130,7 +130,7 @@ def build_cli(argv: list[str] | dict | None, callbacks: Sequence[Callback] = ())
             "max_epochs": 5,
             "callbacks": [
                 # First (trainer.checkpoint_callback): the best epoch by validation accuracy, tested at the end;
-                # also copied to checkpoints/best.ckpt, a name the README's commands can use.
+                # also copied to checkpoints/best.ckpt, a name that commands and docs can use.
                 BestCheckpoint(
                     monitor="val/acc", mode="max", filename="best-epoch={epoch}-val_acc={val/acc:.4f}",
                     auto_insert_metric_name=False,

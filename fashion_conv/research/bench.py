@@ -1,7 +1,7 @@
 """``python -m fashion_conv.research.bench``: the notebook's loop, a plain PyTorch loop and ``fashion_conv.fit``, timed side by side.
 
 Each measurement runs in its own child process (so peak memory is its own), the variants alternate, and every figure
-is the median over ``--repeats``, so drift of a shared machine does not bias the ratios. Prints the README's Markdown
+is the median over ``--repeats``, so drift of a shared machine does not bias the ratios. Prints a Markdown
 table: seconds per epoch, samples per second, peak memory, test accuracy, the ratios to the notebook loop and to the
 plain loop, and Lightning's cost per step over the plain loop; then data start-up and cost against training-set size.
 """
@@ -262,7 +262,7 @@ def cpu_name() -> str:
 
 
 def markdown_table(results: dict, epochs: int) -> str:
-    """The README's speed table: one row per backbone and variant, ratios to the notebook loop and to the plain loop."""
+    """The speed table (docs/speed.md): one row per backbone and variant, ratios to the notebook loop and to the plain loop."""
     lines = [
         f"machine: {results['machine']}",
         "",
