@@ -103,13 +103,22 @@ def test_zero_fill_leaves_out_border_units_for_both_candidates():
     assert summary(rows) == [("pool1", 1, 0, close(R2 / 4), close(R2 / 2), 4, None)]
 
 
-def test_relative_error_over_the_valid_region():
-    # A 1x6 map shifted right by 1 with a margin of 1 column: columns 2-4 (column 0 filled in, 1 and 5 border).
-    # T'f(x) = [0, 1, 2, 3, 4, 5] -> [2, 3, 4]; f(Tx) -> [2, 3, 5]: ||(0, 0, 1)|| / ||(2, 3, 4)|| = 1 / sqrt(29).
+@pytest.mark.parametrize("across", [True, False], ids=["columns", "rows"])
+def test_relative_error_over_the_valid_region(across):
+    # A 1x6 map shifted right by 1 (or its 6x1 transpose, down by 1). T'f(x) = [0, 1, 2, 3, 4, 5], f(Tx) =
+    # [9, 9, 2, 3, 5, 9]. Margin 1: positions 2-4 (0 filled in, 1 and 5 at the border): ||(0, 0, 1)|| / ||(2, 3, 4)||
+    # = 1 / sqrt(29). Margin 0: positions 1-5: ||(8, 0, 0, 1, 4)|| / ||(1, 2, 3, 4, 5)|| = 9 / sqrt(55).
+    shape, step, margin = ((1, 1, 1, 6), (0, 1), (0, 1)) if across else ((1, 1, 6, 1), (1, 0), (1, 0))
+    out = torch.tensor([1.0, 2, 3, 4, 5, 6]).reshape(shape)
+    shifted = torch.tensor([9.0, 9, 2, 3, 5, 9]).reshape(shape)
+    assert relative_error(shifted, out, *step, circular=False, margin=margin).item() == close(1 / math.sqrt(29))
+    assert relative_error(shifted, out, *step, circular=False).item() == close(9 / math.sqrt(55))
+
+
+def test_relative_error_circular_and_of_logits():
+    # Circular: every column, T'f(x) = [6, 1, 2, 3, 4, 5]: ||(3, 8, 0, 0, 1, 4)|| / ||T'f(x)|| = sqrt(90 / 91).
     out = torch.tensor([1.0, 2, 3, 4, 5, 6]).reshape(1, 1, 1, 6)
     shifted = torch.tensor([9.0, 9, 2, 3, 5, 9]).reshape(1, 1, 1, 6)
-    assert relative_error(shifted, out, 0, 1, circular=False, margin=(0, 1)).item() == close(1 / math.sqrt(29))
-    # Circular: every column, T'f(x) = [6, 1, 2, 3, 4, 5]: ||(3, 8, 0, 0, 1, 4)|| / ||T'f(x)|| = sqrt(90 / 91).
     assert relative_error(shifted, out, 0, 1, circular=True).item() == close(math.sqrt(90 / 91))
     # Logits (B, K) are compared unshifted: ||(3, 5) - (3, 4)|| / ||(3, 4)|| = 1/5.
     assert relative_error(torch.tensor([[3.0, 5.0]]), torch.tensor([[3.0, 4.0]]), 0, 0, circular=False).item() == close(0.2)
@@ -132,6 +141,10 @@ def test_equivariance_and_agreement_tables():
         "| toy | logits | - | 8 | 0.354 ± 0.707 | 1.414 ± 0.000 | 1.414 ± 0.000 |",
     ]  # fmt: skip
     assert agreement_table(rows) == ["| model | shift 1 | shift 2 | shift 3 |", "|---|---|---|---|", "| toy | 75.0% | 0.0% | 0.0% |"]
+    # Rows in any order: the columns follow the sorted shifts.
+    mixed = [{"model": "m", "label": "logits", "stride": 0, "receptive_field": 28, "shift": s, "mean": s / 10, "std": 0.0, "agreement": s / 4} for s in (2, 1)]
+    assert equivariance_table(mixed)[2:] == ["| m | logits | - | 28 | 0.100 ± 0.000 | 0.200 ± 0.000 |"]
+    assert agreement_table(mixed)[2:] == ["| m | 25.0% | 50.0% |"]
 
 
 def test_agreement_is_an_exact_fraction():
@@ -171,6 +184,16 @@ def test_integrated_gradients_of_a_linear_model_is_input_times_weight():
     assert delta.abs().max().item() <= 16 * EPS * 7.5
     # The logit gap is exact: 7.5 + 0.5 - 0.5 and 2.5 - 1 + 1 are sums of dyadic numbers.
     assert completeness_gap(linear_model(), IMAGES, TARGETS).tolist() == [7.5, 2.5]
+
+
+def test_integrated_gradients_maps_sum_over_channels():
+    # Two channels, both image 1 of the test above; weights (1, 2, 3, 4) and (1, 1, 1, 1): map = x * (w_a + w_b) =
+    # [0.25 * 2, 0.5 * 3, 0.75 * 4, 1 * 5] = [0.5, 1.5, 3, 5].
+    model = nn.Sequential(nn.Flatten(), nn.Linear(8, 1, bias=False)).eval()
+    with torch.no_grad():
+        model[1].weight.copy_(torch.tensor([[1.0, 2, 3, 4, 1, 1, 1, 1]]))
+    maps, _ = integrated_gradients(model, IMAGES[:1].repeat(1, 2, 1, 1), torch.tensor([0]), steps=8)
+    torch.testing.assert_close(maps[0], torch.tensor([[0.5, 1.5], [3.0, 5.0]]), rtol=16 * EPS, atol=0)
 
 
 def test_integrated_gradients_integrates_along_the_path():
@@ -248,6 +271,19 @@ def test_confident_errors_and_the_worst_per_class():
     assert [(r["index"], r["true"], r["predicted"]) for r in rows] == [(2, 0, 1), (0, 0, 1), (4, 1, 0)]
     assert [(r["confidence"], r["p_true"]) for r in rows] == [(close(0.9, EPS), close(0.05, EPS)), (close(0.7, EPS), close(0.1, EPS)), (close(0.8, EPS), close(0.1, EPS))]
     assert [r["index"] for r in worst_per_class(rows)] == [2, 4]
+
+
+def test_tied_mistakes_and_confusions_come_in_index_order():
+    # 41 mistakes of class 0 (predicted 1): image 40 at 0.9, the others at 0.6. Top 3: 40, then 0 and 1 by index
+    # (an unstable sort reorders ties this many).
+    probs = torch.tensor([[0.4, 0.6]] * 40 + [[0.1, 0.9]])
+    assert [r["index"] for r in confident_errors(probs, torch.zeros(41, dtype=torch.long))] == [40, 0, 1]
+    # Every off-diagonal (true, predicted) pair of 10 classes once, and 3 -> 5 a second time: 3 -> 5 (2), then the
+    # first four pairs in (true, predicted) order.
+    pairs = [(t, p) for t in range(10) for p in range(10) if t != p] + [(3, 5)]
+    labels, predicted = torch.tensor(pairs).T
+    top = confusion_pairs(nn.functional.one_hot(predicted, 10).float(), labels)
+    assert top == [(3, 5, 2), (0, 1, 1), (0, 2, 1), (0, 3, 1), (0, 4, 1)]
 
 
 def test_confusion_pairs_and_their_text():
