@@ -33,6 +33,16 @@ def completeness_gap(model: nn.Module, images: torch.Tensor, targets: torch.Tens
         return model(images)[rows, targets] - model(torch.zeros_like(images))[rows, targets]
 
 
+def completeness_rows(ig_maps: torch.Tensor, gap: torch.Tensor, delta: torch.Tensor) -> list[dict]:
+    """Per image, IG's completeness check from its maps (B, H, W), the logit gaps (B,) and Captum's deltas (B,):
+    rows {ig_sum, logit_gap, delta, relative_delta}, with relative_delta = |delta| / |gap| (a gap of 0 counts as 1e-12).
+    """
+    rows = []
+    for ig, g, d in zip(ig_maps, gap.tolist(), delta.tolist()):
+        rows.append({"ig_sum": ig.sum().item(), "logit_gap": g, "delta": d, "relative_delta": abs(d) / max(abs(g), 1e-12)})
+    return rows
+
+
 def occlusion(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, window: int = 4, stride: int = 2) -> torch.Tensor:
     """The drop in the target logit when a ``window`` x ``window`` black patch covers each place: maps (B, H, W)."""
     from captum.attr import Occlusion

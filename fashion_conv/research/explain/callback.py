@@ -12,7 +12,7 @@ from torch import nn
 from fashion_conv.utils.errors import FashionConvError
 from fashion_conv.research.explain.attributions import attribution_maps
 from fashion_conv.research.explain.filters import first_layer_filters
-from fashion_conv.research.explain.layers import block_outputs, feature_maps, layer_labels, spatial_layers
+from fashion_conv.research.explain.layers import block_outputs, feature_maps, layer_labels, most_active_channels, spatial_layers
 from fashion_conv.research.explain.tiles import colorize, mosaic, overlay
 
 
@@ -70,7 +70,7 @@ def explain_images(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ig_steps:
     layers = spatial_layers(model, x[:1])
     labels = layer_labels(layers)
     for name, fmap in feature_maps(model, x, [layer.name for layer in block_outputs(layers)]).items():
-        top = fmap.mean(dim=(0, 2, 3)).argsort(descending=True)[:channels].tolist()
+        top = most_active_channels(fmap, channels)
         rows = [[colorize(x[i, 0], "gray", False)] + [colorize(fmap[i, c], "viridis", False) for c in top] for i in range(len(x))]
         images[f"explain/feature_maps/{labels[name]}"] = mosaic(rows)
     maps = attribution_maps(model, x, y, steps=ig_steps, window=window, stride=window)

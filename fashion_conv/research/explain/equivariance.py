@@ -2,9 +2,10 @@
 
 For a layer f with cumulative stride S and an input shift of s pixels, compare f(shift(x, s)) with
 shift(f(x), s / S). When S does not divide s the map can only move by a whole step: the error is measured for
-floor(s / S) and ceil(s / S) and the smaller mean is reported. With a zero-fill shift, the positions the shift
-filled in and those whose receptive field reaches the image border are not compared, so
-it measures equivariance away from the borders; a circular shift compares every position. The logits are compared unshifted: invariance.
+floor(s / S) and ceil(s / S) and the smaller mean is reported (floor on a tie). With a zero-fill shift, the
+positions the shift filled in and those whose receptive field reaches the image border are not compared, for both
+candidates alike, so it measures equivariance away from the borders; a circular shift compares every position.
+The logits are compared unshifted: invariance.
 """
 
 from __future__ import annotations
@@ -29,16 +30,22 @@ def shift(x: torch.Tensor, dy: int, dx: int, circular: bool = False) -> torch.Te
     return out
 
 
-def _valid(h: int, w: int, dy: int, dx: int, margin: int = 0) -> tuple[slice, slice]:
-    """The rows and columns of a (h, w) map that a (dy, dx) zero-fill shift did not fill in, less ``margin`` positions
-    at both ends of the shifted axis: units whose receptive field reaches the border see zero padding in one map
+def _valid(h: int, w: int, dy: int, dx: int, margin: tuple[int, int] = (0, 0)) -> tuple[slice, slice]:
+    """The rows and columns of a (h, w) map that a (dy, dx) zero-fill shift did not fill in, less ``margin`` (rows,
+    columns) positions at both ends: units whose receptive field reaches the border see zero padding in one map
     and image (or the filled-in zeros, which deeper layers do not map to zero) in the other."""
-    my, mx = margin if dy else 0, margin if dx else 0
+    my, mx = margin
     return slice(max(dy, 0) + my, h + min(dy, 0) - my), slice(max(dx, 0) + mx, w + min(dx, 0) - mx)
 
 
-def relative_error(shifted_out: torch.Tensor, out: torch.Tensor, dy: int, dx: int, circular: bool, margin: int = 0) -> torch.Tensor:
-    """Per image ||f(Tx) - T'f(x)|| / ||T'f(x)|| over the valid region; (B,). Tensors (B, C, H, W) or (B, K)."""
+def relative_error(
+    shifted_out: torch.Tensor, out: torch.Tensor, dy: int, dx: int, circular: bool, margin: tuple[int, int] = (0, 0)
+) -> torch.Tensor:
+    """Per image ||f(Tx) - T'f(x)|| / ||T'f(x)|| over the valid region; (B,). Tensors (B, C, H, W) or (B, K).
+
+    T' moves the map by (dy, dx); ``margin`` (rows, columns) positions are left out at both ends of each axis (with a
+    zero fill). ``equivariance_errors`` sets it on the axis the input moved along, also where T' moves by 0.
+    """
     if out.dim() == 4:
         expected = shift(out, dy, dx, circular)
         if not circular:
@@ -69,16 +76,17 @@ def equivariance_errors(
             best = None
             margin = math.ceil((layer.receptive_field - 1) / (2 * layer.stride))  # units whose field reaches a border
             for step in sorted({math.floor(s / layer.stride), math.ceil(s / layer.stride)}):
-                errs = torch.cat([relative_error(moved[(0, s)][layer.name], base[layer.name], 0, step, circular, margin),
-                                  relative_error(moved[(s, 0)][layer.name], base[layer.name], step, 0, circular, margin)])  # fmt: skip
+                errs = torch.cat([relative_error(moved[(0, s)][layer.name], base[layer.name], 0, step, circular, (0, margin)),
+                                  relative_error(moved[(s, 0)][layer.name], base[layer.name], step, 0, circular, (margin, 0))])  # fmt: skip
                 if best is None or errs.mean() < best[1].mean():
                     best = (step, errs)
             rows.append(_row(layer.name, labels[layer.name], layer.kind, layer.stride, layer.receptive_field, s, best[0], best[1]))
         if base[LOGITS].dim() != 2:
             continue  # the model's output is a map, not logits: its rows above say it all
         errs = torch.cat([relative_error(moved[d][LOGITS], base[LOGITS], 0, 0, circular) for d in moved])
-        same = torch.cat([(moved[d][LOGITS].argmax(1) == base[LOGITS].argmax(1)).float() for d in moved])
-        rows.append(_row(LOGITS, LOGITS, "output", 0, images.shape[-1], s, 0, errs, agreement=same.mean().item()))
+        same = torch.cat([moved[d][LOGITS].argmax(1) == base[LOGITS].argmax(1) for d in moved])
+        agreement = same.sum().item() / len(same)  # an exact fraction: its last digit rounds as the CSV's does
+        rows.append(_row(LOGITS, LOGITS, "output", 0, images.shape[-1], s, 0, errs, agreement=agreement))
     return rows
 
 

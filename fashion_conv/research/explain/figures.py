@@ -9,6 +9,7 @@ import matplotlib.pyplot as plt
 import torch
 
 from fashion_conv.data.csvio import CLASS_NAMES
+from fashion_conv.research.explain.layers import most_active_channels
 
 
 def _grid(n: int, cols: int, size: float = 1.0, title_room: float = 0.0):
@@ -50,8 +51,7 @@ def feature_maps_figure(images: torch.Tensor, labels: torch.Tensor, maps: dict[s
         axes[r, 0].set_ylabel(CLASS_NAMES[int(label)], fontsize=6, rotation=0, ha="right", va="center")
     col = 1
     for name, fmap in maps.items():
-        top = fmap.mean(dim=(0, 2, 3)).argsort(descending=True)[:channels]
-        for c in top.tolist():
+        for c in most_active_channels(fmap, channels):
             for r in range(len(images)):
                 axes[r, col].imshow(fmap[r, c], cmap="viridis")
             axes[0, col].set_title(f"{name}\nch {c} ({fmap.shape[-1]}x{fmap.shape[-2]})", fontsize=5)

@@ -91,6 +91,11 @@ def feature_maps(model: nn.Module, x: torch.Tensor, names: list[str] | None = No
     return out
 
 
+def most_active_channels(fmap: torch.Tensor, k: int) -> list[int]:
+    """The ``k`` channels of ``fmap`` (B, C, H, W) with the largest mean over images and positions, largest first."""
+    return fmap.mean(dim=(0, 2, 3)).argsort(descending=True)[:k].tolist()
+
+
 def _forward_with_hooks(model: nn.Module, x: torch.Tensor, hooks: dict[nn.Module, Callable]) -> None:
     """One no-grad forward pass of ``x`` with a forward hook on each given module, removed afterwards."""
     handles = [module.register_forward_hook(hook) for module, hook in hooks.items()]

@@ -17,11 +17,12 @@ from fashion_conv.utils.atomic import atomic_path, atomic_write_text
 from fashion_conv.models.backbones import count_parameters
 from fashion_conv.data.csvio import CLASS_NAMES
 from fashion_conv.research.explain import figures
-from fashion_conv.research.explain.attributions import attribution_maps, completeness_gap
+from fashion_conv.research.explain.attributions import attribution_maps, completeness_gap, completeness_rows
 from fashion_conv.research.explain.equivariance import equivariance_errors
 from fashion_conv.research.explain.filters import first_layer_filters
 from fashion_conv.research.explain.layers import block_outputs, feature_maps, layer_labels, spatial_layers
-from fashion_conv.research.explain.mistakes import confident_errors, confusion_pairs, predict_probs
+from fashion_conv.research.explain.mistakes import accuracy, confident_errors, confusion_pairs, predict_probs, worst_per_class
+from fashion_conv.research.explain.tables import agreement_table, confusions_text, equivariance_table, ig_delta_table, models_table
 
 
 @dataclass
@@ -45,12 +46,17 @@ def save_figure(fig: plt.Figure, path: Path) -> None:
     plt.close(fig)
 
 
-def write_csv_rows(path: Path, rows: list[dict]) -> None:
+def csv_text(rows: list[dict]) -> str:
+    """Rows with the same keys -> CSV text: a header, floats to 6 significant digits, ``None`` as an empty cell."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
     writer.writeheader()
     writer.writerows({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()} for row in rows)
-    atomic_write_text(path, buf.getvalue())
+    return buf.getvalue()
+
+
+def write_csv_rows(path: Path, rows: list[dict]) -> None:
+    atomic_write_text(path, csv_text(rows))
 
 
 def slug(label: str) -> str:
@@ -80,15 +86,13 @@ def write_report(models: list[Explained], images: torch.Tensor, labels: torch.Te
 
 
 def _models_section(models: list[Explained], images: torch.Tensor, labels: torch.Tensor, out: Path) -> list[str]:
-    md = ["## Models", "", "| model | class | parameters | test accuracy (no TTA) | source |", "|---|---|---|---|---|"]
     rows = []
     for m in models:
         m.probs = predict_probs(m.model, images)
-        acc = (m.probs.argmax(1) == labels).float().mean().item()
-        rows.append({"model": m.label, "class": type(m.model).__name__, "params": count_parameters(m.model), "test_acc": acc, "images": len(labels), "source": m.source})
-        md.append(f"| {m.label} | {type(m.model).__name__} | {rows[-1]['params']:,} | {acc:.2%} | `{m.source}` |")
+        rows.append({"model": m.label, "class": type(m.model).__name__, "params": count_parameters(m.model),
+                     "test_acc": accuracy(m.probs, labels), "images": len(labels), "source": m.source})  # fmt: skip
     write_csv_rows(out / "models.csv", rows)
-    return md + ["", f"Accuracy on the {len(labels):,} test images, plain forward pass (a run's own test accuracy may use flip TTA).", ""]
+    return ["## Models", "", *models_table(rows), "", f"Accuracy on the {len(labels):,} test images, plain forward pass (a run's own test accuracy may use flip TTA).", ""]
 
 
 def _filters_section(models: list[Explained], out: Path) -> list[str]:
@@ -126,9 +130,8 @@ def _attributions_section(models: list[Explained], x: torch.Tensor, y: torch.Ten
         found = attribution_maps(m.model, x, y, steps)
         delta, gap = found.pop("ig delta"), completeness_gap(m.model, x, y)
         maps[m.label] = found
-        for c in range(len(y)):
-            rows.append({"model": m.label, "class": CLASS_NAMES[int(y[c])], "ig_sum": found["integrated gradients"][c].sum().item(),
-                         "logit_gap": gap[c].item(), "delta": delta[c].item(), "relative_delta": abs(delta[c].item()) / max(abs(gap[c].item()), 1e-12)})  # fmt: skip
+        checks = completeness_rows(found["integrated gradients"], gap, delta)
+        rows += [{"model": m.label, "class": CLASS_NAMES[int(c)], **check} for c, check in zip(y, checks)]
     save_figure(figures.attribution_figure(x, y, maps), out / "attributions.png")
     write_csv_rows(out / "ig_delta.csv", rows)
     md = ["## 3. Attributions: where each model looks", "",
@@ -136,10 +139,7 @@ def _attributions_section(models: list[Explained], x: torch.Tensor, y: torch.Ten
            "Occlusion (4x4 black patch, stride 2) and, for conv models, Layer Grad-CAM on the last conv layer, "
            "upsampled. Red raises the class's logit, blue lowers it."), "", "![attributions](attributions.png)", "",
           "Integrated Gradients' completeness check (Captum's convergence delta: map sum minus f(x)_t - f(0)_t):", "",
-          "| model | max abs delta | max delta / logit gap |", "|---|---|---|"]  # fmt: skip
-    for m in models:
-        mine = [r for r in rows if r["model"] == m.label]
-        md.append(f"| {m.label} | {max(abs(r['delta']) for r in mine):.2e} | {max(r['relative_delta'] for r in mine):.2e} |")
+          *ig_delta_table(rows)]  # fmt: skip
     return md + ["", "Per image: [ig_delta.csv](ig_delta.csv).", ""]
 
 
@@ -148,26 +148,14 @@ def _equivariance_section(models: list[Explained], images: torch.Tensor, out: Pa
     rows = [{"model": label, **r} for label, found in by_model.items() for r in found]
     write_csv_rows(out / "equivariance.csv", rows)
     save_figure(figures.equivariance_figure(by_model), out / "equivariance.png")
-    shifts = sorted({r["shift"] for r in rows})
     md = ["## 4. Translation: equivariance layer by layer", "",
           (f"{len(images):,} test images, each shifted 1-4 pixels right and down (zero fill). For a layer with "
            "cumulative stride S the error is ||f(Tx) - T'f(x)|| / ||T'f(x)||, with T' the shift by s/S in the layer's "
            "grid (the better of floor and ceil when S does not divide s), away from the borders: positions the shift "
            "filled in, and units whose receptive field reaches the image's edge, are left out. For the logits the "
            "shifted image is compared with the original: invariance. Mean ± std over images."), "",
-          "| model | layer | stride | receptive field | " + " | ".join(f"shift {s}" for s in shifts) + " |",
-          "|---|---|---|---|" + "---|" * len(shifts)]  # fmt: skip
-    for label, found in by_model.items():
-        for name in dict.fromkeys(r["label"] for r in found):
-            mine = sorted((r for r in found if r["label"] == name), key=lambda r: r["shift"])
-            stride = mine[0]["stride"] or "-"
-            cells = [f"{r['mean']:.3f} ± {r['std']:.3f}" for r in mine]
-            md.append(f"| {label} | {name} | {stride} | {mine[0]['receptive_field']} | " + " | ".join(cells) + " |")
-    md += ["", "![equivariance](equivariance.png)", "", "Predictions unchanged by the shift (logits' argmax):", "",
-           "| model | " + " | ".join(f"shift {s}" for s in shifts) + " |", "|---|" + "---|" * len(shifts)]  # fmt: skip
-    for label, found in by_model.items():
-        agree = {r["shift"]: r["agreement"] for r in found if r["label"] == "logits"}
-        md.append(f"| {label} | " + " | ".join(f"{agree[s]:.1%}" for s in shifts) + " |")
+          *equivariance_table(rows), "", "![equivariance](equivariance.png)", "",
+          "Predictions unchanged by the shift (logits' argmax):", "", *agreement_table(rows)]  # fmt: skip
     return md + ["", "All rows: [equivariance.csv](equivariance.csv).", ""]
 
 
@@ -180,7 +168,7 @@ def _errors_section(models: list[Explained], images: torch.Tensor, labels: torch
     for m in models:
         found = confident_errors(m.probs, labels, per_class)
         all_rows += [{"model": m.label, **r, "true_name": CLASS_NAMES[r["true"]], "predicted_name": CLASS_NAMES[r["predicted"]]} for r in found]
-        worst = list({r["true"]: r for r in reversed(found)}.values())[::-1]  # the first (most confident) row per class
+        worst = worst_per_class(found)
         if not worst:
             md += [f"**{m.label}**: no mistakes on these images.", ""]
             continue
@@ -190,8 +178,7 @@ def _errors_section(models: list[Explained], images: torch.Tensor, labels: torch
         titles = [f"{CLASS_NAMES[r['true']]}\n→ {CLASS_NAMES[r['predicted']]}\n{r['confidence']:.2f}" for r in worst]
         name = f"errors_{slug(m.label)}.png"
         save_figure(figures.attribution_figure(images[idx], labels[idx], {m.label: maps}, titles), out / name)
-        pairs = ", ".join(f"{CLASS_NAMES[t]} → {CLASS_NAMES[p]} ({n})" for t, p, n in confusion_pairs(m.probs, labels))
-        md += [f"**{m.label}**: most frequent confusions: {pairs}.", "", f"![{m.label} mistakes]({name})", ""]
+        md += [f"**{m.label}**: most frequent confusions: {confusions_text(confusion_pairs(m.probs, labels))}.", "", f"![{m.label} mistakes]({name})", ""]
     if all_rows:
         write_csv_rows(out / "errors.csv", all_rows)
     return md
