@@ -85,7 +85,7 @@ def assert_same_run(root, reference_weights):
 def test_sigkill_mid_epoch_twice_then_resume_is_bit_exact(reference, tmp_path):
     data, ref = reference
     root = tmp_path / "runs"
-    for epoch, batch in ((1, 5), (2, 3)):  # killed during epoch 2 of 3 (call 5: steps 10-11), then during epoch 3
+    for epoch, batch in ((1, 5), (2, 3)):  # killed during epoch 2 of 3 (at batch 5), then during epoch 3
         marker = tmp_path / f"paused-{epoch}"
         proc = start(fit_args(data, root, "--ckpt_path", "last", *pause_at(epoch, batch, marker)), tmp_path)
         wait_for(marker, proc)
@@ -109,7 +109,7 @@ def test_sigterm_saves_and_exits_then_resumes_exactly(reference, tmp_path):
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, out
     assert "Stopped by SIGTERM" in out and "Traceback" not in out
-    assert last_weights(root)[1:] == (13 + 8, 1)  # saved before call 4 (steps 8 and 9) of epoch 1 ran
+    assert last_weights(root)[1:] == (13 + 4, 1)  # saved before batch 4 of epoch 1 ran
     assert main(fit_args(data, root, "--ckpt_path", "last")) == 0
     assert_same_run(root, ref)
 
