@@ -48,3 +48,20 @@ def grouped_calls() -> None:
     batches than ``log_every_n_steps``; FashionClassifier logs by optimizer step, so that count is not the one that
     decides (an epoch of 860 batches is 54 calls)."""
     warnings.filterwarnings("ignore", message=r"The number of training batches \(\d+\) is smaller than the logging interval", category=UserWarning)
+
+
+class _DropMissingTorchvision(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("torchvision is not installed. Skipping torchvision::")
+
+
+_TORCHVISION_FILTER = _DropMissingTorchvision()
+
+
+def exporting() -> None:
+    """torch's ONNX exporter logs one line per torchvision operator it cannot register when torchvision is absent;
+    the backbones use none of them. torch's export path also raises the LeafSpec FutureWarning that ``install`` drops."""
+    logger = logging.getLogger("torch.onnx._internal.exporter._registration")
+    if _TORCHVISION_FILTER not in logger.filters:
+        logger.addFilter(_TORCHVISION_FILTER)
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
