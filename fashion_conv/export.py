@@ -134,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     except FashionConvError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except ImportError as exc:  # --to onnx without the [serve] extra
+        print(f"error: --to {args.to} needs {exc.name or 'onnx and onnxscript'}: pip install 'fashion_conv[serve]'", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"error: {output}: cannot write it ({exc.strerror or type(exc).__name__})", file=sys.stderr)
         return 1

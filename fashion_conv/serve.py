@@ -84,10 +84,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         load = model_loader(args)
         tta = checkpoint_tta(args.checkpoint)
+        server = build_server(load, tta, args.workers, args.max_batch)
     except FashionConvError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    server = build_server(load, tta, args.workers, args.max_batch)
+    except ImportError as exc:
+        print(f"error: serve needs the Python package {exc.name!r}: pip install 'fashion_conv[serve]'", file=sys.stderr)
+        return 1
     stop_on_signals()
     print(f"serving on http://{args.host}:{args.port}/ (POST /predict, GET /health); Ctrl-C or SIGTERM stops", flush=True)
     try:
