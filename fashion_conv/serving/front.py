@@ -3,11 +3,13 @@ bodies checked and turned into one 28x28 pixel row before they reach LitServe's 
 
 Every input is decoded here, so a bad one is answered 4xx on its own, never failing the batch it would have
 joined, and decoding runs in the API processes beside the model worker. An image goes through ``predict``'s own
-preprocessing (inversion included); the model worker gets ``{"pixels": [784 ints 0-255], "inverted": bool}``.
+preprocessing (inversion included); the model worker gets ``{"row": base64 of 784 bytes, "inverted": bool}`` (a
+string: a tenth of the cost of a list of 784 numbers to encode, parse and pass between processes).
 """
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 from pathlib import Path
@@ -32,8 +34,8 @@ class BadRequest(Exception):
         self.status = status
 
 
-def image_pixels(data: bytes) -> tuple[list[int], bool]:
-    """An encoded image (PNG, JPEG, ...) as ``predict`` sees it: 784 pixel values 0-255 and whether it was inverted."""
+def image_pixels(data: bytes) -> tuple[bytes, bool]:
+    """An encoded image (PNG, JPEG, ...) as ``predict`` sees it: 784 pixel bytes, row by row, and whether it was inverted."""
     try:
         x, inverted = preprocess(open_image(io.BytesIO(data), max_pixels=MAX_PIXELS))
     except DataError as exc:
@@ -42,10 +44,10 @@ def image_pixels(data: bytes) -> tuple[list[int], bool]:
         raise BadRequest(f"the image: {exc.problem}") from None
     except ValueError as exc:  # fit_to_square: a blank image
         raise BadRequest(f"the image: {exc}") from None
-    return x.mul(255).round().byte().flatten().tolist(), inverted  # exact: preprocess divided bytes by 255
+    return x.mul(255).round().byte().numpy().tobytes(), inverted  # exact: preprocess divided bytes by 255
 
 
-def json_pixels(data: bytes) -> list[int]:
+def json_pixels(data: bytes) -> bytes:
     """``{"pixels": [784 integers 0-255]}``: one row of the dataset's CSV, a light object on black, used as is."""
     try:
         body = json.loads(data)
@@ -59,7 +61,7 @@ def json_pixels(data: bytes) -> list[int]:
     for i, value in enumerate(pixels):
         if type(value) is not int or not 0 <= value <= 255:
             raise BadRequest(f'"pixels"[{i}] is {json.dumps(value)}, expected an integer in 0-255')
-    return pixels
+    return bytes(pixels)
 
 
 async def read_body(scope, receive, limit: int = MAX_BODY_BYTES) -> bytes:
@@ -98,6 +100,10 @@ async def form_file(scope, body: bytes) -> bytes:
     return await upload.read()
 
 
+def pixel_row(pixels: bytes, inverted: bool) -> dict:
+    return {"row": base64.b64encode(pixels).decode("ascii"), "inverted": inverted}
+
+
 class Front:
     """ASGI middleware: ``GET /`` gives the page; ``POST /predict`` bodies become pixel rows (or a 4xx JSON error)."""
 
@@ -133,10 +139,9 @@ class Front:
         body = await read_body(scope, receive)
         content_type = dict(scope["headers"]).get(b"content-type", b"").decode("latin-1").lower()
         if content_type.startswith("application/json"):
-            return {"pixels": json_pixels(body), "inverted": False}
+            return pixel_row(json_pixels(body), inverted=False)
         if content_type.startswith("multipart/form-data"):
             body = await form_file(scope, body)
         if not body:
             raise BadRequest("the body is empty: send an image file (curl -F file=@image.png) or JSON pixels")
-        pixels, inverted = image_pixels(body)
-        return {"pixels": pixels, "inverted": inverted}
+        return pixel_row(*image_pixels(body))
