@@ -130,8 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     backends = [("PyTorch", ["--checkpoint", args.checkpoint]) if args.checkpoint else None,
                 ("onnxruntime", ["--onnx", args.onnx]) if args.onnx else None]  # fmt: skip
-    rows = []
+    rows, loads = [], []
     for name, model_args in filter(None, backends):
+        loads.append(os.getloadavg()[0])  # other programs' load on the same cores: these numbers depend on it
         proc, port = start(model_args, args.workers)
         try:
             asyncio.run(level(port, 8, 2.0))  # warm-up: first batches, allocator, caches
@@ -147,11 +148,15 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=60)
-    print(f"\n{cpu_name()}, {os.cpu_count()} cores, {datetime.date.today()}, --workers {args.workers}\n")
-    print("| back end | clients | requests/s | p50 ms | p99 ms | errors |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    load = ", ".join(f"{x:.1f}" for x in (*loads, os.getloadavg()[0]))
+    print(f"\n{cpu_name()}, {os.cpu_count()} cores, {datetime.date.today()}, --workers {args.workers}; "
+          f"1-minute load average at the start, between back ends and at the end: {load}\n")  # fmt: skip
+    roles = ["HTTP process", "queue manager", "model worker", "load-test clients"]
+    print("| back end | clients | requests/s | p50 ms | p99 ms | errors | CPU µs per request: " + " / ".join(roles) + " |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
-        print(f"| {r['backend']} | {r['clients']} | {r['rps']:,.0f} | {r['p50']:.1f} | {r['p99']:.1f} | {r['errors']} |")
+        cpu = " / ".join(f"{r['cpu_us'].get(role, 0):.0f}" for role in roles)
+        print(f"| {r['backend']} | {r['clients']} | {r['rps']:,.0f} | {r['p50']:.1f} | {r['p99']:.1f} | {r['errors']} | {cpu} |")
     return 0
 
 

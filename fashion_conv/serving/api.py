@@ -36,11 +36,12 @@ class FashionAPI(ls.LitAPI):
         return torch.stack([pixels for pixels, _ in inputs]), [record for _, record in inputs]
 
     def predict(self, batch: tuple[torch.Tensor, list[dict]]) -> list[dict]:
-        pixels, records = batch  # (B, 28, 28) uint8
+        pixels, extras = batch  # (B, 28, 28) uint8
         probs = predict_probabilities(self.model, pixels.unsqueeze(1).float().div(255), tta_hflip=self.tta_hflip)
-        records = describe(records, probs, None, self.top_k)
-        for record in records:
+        records = describe([{} for _ in extras], probs, None, self.top_k)
+        for record, extra in zip(records, extras):
             del record["label"]  # unknown for a served image
+            record.update(extra)
         return records
 
     def unbatch(self, output: list[dict]) -> list[dict]:
