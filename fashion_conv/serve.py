@@ -81,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers < 1 or args.max_batch < 1:
         print("error: --workers and --max-batch must be at least 1", file=sys.stderr)
         return 2
+    if not 1024 <= args.port <= 65535:  # LitServe's range: no privileged ports
+        print(f"error: --port {args.port}: choose a port from 1024 to 65535", file=sys.stderr)
+        return 2
     try:
         load = model_loader(args)
         tta = checkpoint_tta(args.checkpoint)
