@@ -28,6 +28,7 @@ from fashion_conv.export import export
 from fashion_conv.models.weights import load_backbone
 from fashion_conv.predict import load_image
 from fashion_conv.predict import main as predict_main
+from fashion_conv.serve import main as serve_main
 
 EXAMPLE = REPO / "docs" / "examples" / "test-row-1.png"
 PHOTO = REPO / "docs" / "examples" / "test-row-1-as-photo.png"
@@ -198,18 +199,14 @@ def test_health_and_page(cnn_server):
     assert 'type="file"' in page.text and 'fetch("predict"' in page.text
 
 
-def test_a_bad_model_is_one_error_line(tmp_path):
-    done = subprocess.run(
-        [sys.executable, "-m", "fashion_conv.serve", "--checkpoint", str(tmp_path / "missing.ckpt")],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
-    )  # fmt: skip
-    assert (done.returncode, done.stderr) == (1, f"error: {tmp_path / 'missing.ckpt'}: no such file\n")
+def test_a_bad_model_is_one_error_line(tmp_path, capsys):
+    assert serve_main(["--checkpoint", str(tmp_path / "missing.ckpt")]) == 1
+    assert capsys.readouterr().err == f"error: {tmp_path / 'missing.ckpt'}: no such file\n"
     (tmp_path / "bad.onnx").write_bytes(b"not onnx")
-    done = subprocess.run(
-        [sys.executable, "-m", "fashion_conv.serve", "--onnx", str(tmp_path / "bad.onnx")],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
-    )  # fmt: skip
-    assert done.returncode == 1 and done.stderr.startswith(f"error: {tmp_path / 'bad.onnx'}: not an ONNX model")
+    assert serve_main(["--onnx", str(tmp_path / "bad.onnx")]) == 1
+    assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'bad.onnx'}: not an ONNX model onnxruntime can run (")
+    assert serve_main(["--onnx", str(tmp_path / "bad.onnx"), "--port", "80"]) == 2
+    assert capsys.readouterr().err == "error: --port 80: choose a port from 1024 to 65535\n"
 
 
 def test_onnx_server_answers_like_predict_and_stops_cleanly_on_sigterm(weights, inputs, tmp_path, capsys):
