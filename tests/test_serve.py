@@ -29,6 +29,7 @@ from fashion_conv.models.weights import load_backbone
 from fashion_conv.predict import load_image
 from fashion_conv.predict import main as predict_main
 from fashion_conv.serve import main as serve_main
+from fashion_conv.serving.front import INLINE_DECODE_BYTES
 
 EXAMPLE = REPO / "docs" / "examples" / "test-row-1.png"
 PHOTO = REPO / "docs" / "examples" / "test-row-1-as-photo.png"
@@ -98,6 +99,12 @@ def inputs(tmp_path_factory) -> dict:
     for i, row in enumerate(rows[:2]):  # dark objects on a light backdrop: predict inverts them
         files[f"dark{i}"] = folder / f"dark{i}.png"
         files[f"dark{i}"].write_bytes(png_bytes(np.kron(255 - row, np.ones((3, 2), dtype=np.uint8))))
+    photo = np.full((900, 1200), 235, dtype=np.uint8)  # a photo over 100 kB: decoded on a thread, not inline
+    photo[200:700, 300:900] = 40
+    photo += np.random.default_rng(0).integers(0, 16, photo.shape, dtype=np.uint8)
+    files["large"] = folder / "large.jpg"
+    Image.fromarray(photo).save(files["large"], quality=95)
+    assert files["large"].stat().st_size > INLINE_DECODE_BYTES
     return {"folder": folder, "files": files, "rows": rows}
 
 
@@ -149,7 +156,7 @@ def cnn_server(weights, tmp_path_factory):
 
 def test_answers_equal_predicts_under_100_concurrent_requests(cnn_server, weights, inputs, capsys):
     expected = predict_answers(["--weights", str(weights["cnn"]), "--backbone", "cnn"], inputs, capsys)
-    jobs = [(name, how) for name in expected for how in ("form", "raw")] * 10  # 120 requests, 7 different inputs
+    jobs = [(name, how) for name in expected for how in ("form", "raw")] * 10  # 140 requests, 8 different inputs
     with ThreadPoolExecutor(max_workers=32) as pool:
         answers = list(pool.map(lambda job: post(cnn_server, job[0], inputs, job[1]), jobs))
     assert [a.status_code for a in answers] == [200] * len(jobs)
