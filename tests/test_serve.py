@@ -49,8 +49,8 @@ def start_server(*model_args: str, cwd: Path) -> tuple[subprocess.Popen, str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "fashion_conv.serve", *map(str, model_args), "--port", str(port)],
-        cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip  (its own process group, as a terminal gives a command)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -66,9 +66,13 @@ def start_server(*model_args: str, cwd: Path) -> tuple[subprocess.Popen, str]:
     raise AssertionError("the server did not become healthy in 120 s")
 
 
-def stop(proc: subprocess.Popen) -> tuple[int, str, str]:
+def stop(proc: subprocess.Popen, ctrl_c: bool = False) -> tuple[int, str, str]:
+    """SIGTERM to the server, or SIGINT to its whole process group (Ctrl-C in a terminal); its exit status and output."""
     if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
+        if ctrl_c:
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
     return proc.returncode, out, err
 
@@ -275,8 +279,8 @@ def test_the_page_reads_ankle_boot_in_a_real_browser(trained_mlp, tmp_path):
             )  # the red channel of the canvas, where the page drew the gray pixels
             browser.close()
     finally:
-        code, out, err = stop(proc)
+        code, out, err = stop(proc, ctrl_c=True)
     assert names[0] == "Ankle boot" and len(names) == 3
     assert all(s.endswith("%") for s in shares) and float(shares[0][:-1]) > 50
     assert shown == np.asarray(Image.open(EXAMPLE)).flatten().tolist()  # a 28x28 image is used as is
-    assert code == 0
+    assert code == 0 and "Traceback" not in err, err  # Ctrl-C stops every process quietly

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import signal
 from collections.abc import Callable
 
 import litserve as ls
@@ -25,6 +26,9 @@ class FashionAPI(ls.LitAPI):
         calls on a thread (about a tenth of the HTTP process's time per request); a coroutine runs in the event loop."""
 
     def setup(self, device) -> None:
+        # Ctrl-C reaches every process of the terminal's group; the main process stops this one in order, after the
+        # HTTP processes have answered the requests in flight.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         torch.set_num_threads(1)  # one core per worker: batches are small, and the HTTP processes need the others
         self.model = self.load()
         if isinstance(self.model, torch.nn.Module):
