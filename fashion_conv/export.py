@@ -56,7 +56,13 @@ def load_program(path: Path) -> Callable[[torch.Tensor], torch.Tensor]:
 
 def write_onnx(backbone: nn.Module, path: Path) -> None:
     onnx_program = torch.onnx.export(
-        backbone, (_example_input(),), dynamo=True, dynamic_shapes=_batch_dim(), input_names=["images"], output_names=["logits"], verbose=False
+        backbone,
+        (_example_input(),),
+        dynamo=True,
+        dynamic_shapes=_batch_dim(),
+        input_names=["images"],
+        output_names=["logits"],
+        verbose=False,  # no progress lines on the console
     )
     onnx_program.save(str(path))
 
@@ -135,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except ImportError as exc:  # --to onnx without the [serve] extra
-        print(f"error: --to {args.to} needs {exc.name or 'onnx and onnxscript'}: pip install 'fashion_conv[serve]'", file=sys.stderr)
+        needs = exc.name or "onnx and onnxscript"
+        print(f"error: --to {args.to} needs {needs}: pip install 'fashion_conv[serve]'", file=sys.stderr)
         return 1
     except OSError as exc:
         print(f"error: {output}: cannot write it ({exc.strerror or type(exc).__name__})", file=sys.stderr)

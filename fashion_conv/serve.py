@@ -1,4 +1,4 @@
-"""``python -m fashion_conv.serve``: classify images over HTTP with a trained model, on LitServe, with a page at ``/``.
+"""``python -m fashion_conv.serve``: classify images over HTTP with a trained model (LitServe), with a page at /.
 
     python -m fashion_conv.serve --checkpoint lightning_logs/cnn/version_0/checkpoints/best.ckpt --port 8000
     curl -F file=@docs/examples/test-row-1.png http://127.0.0.1:8000/predict
@@ -25,13 +25,22 @@ BATCH_TIMEOUT_S = 0.002  # how long a worker waits for a batch to fill: at 32 cl
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m fashion_conv.serve", description=__doc__.splitlines()[0].split(": ", 1)[1])
+    description = __doc__.splitlines()[0].split(": ", 1)[1]
+    parser = argparse.ArgumentParser(prog="python -m fashion_conv.serve", description=description)
     model = add_model_arguments(parser)
     model.add_argument("--onnx", metavar="ONNX", help="a model exported with --to onnx, run by onnxruntime")
-    parser.add_argument("--host", default="127.0.0.1", choices=("127.0.0.1", "0.0.0.0", "::"), help="address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)")  # fmt: skip
+    parser.add_argument(
+        "--host", default="127.0.0.1", choices=("127.0.0.1", "0.0.0.0", "::"),
+        help="address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)",
+    )  # fmt: skip
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    parser.add_argument("--workers", type=int, default=1, metavar="N", help="model worker processes, each with its own HTTP process (default 1)")  # fmt: skip
-    parser.add_argument("--max-batch", type=int, default=MAX_BATCH, metavar="B", help=f"most requests classified together (default {MAX_BATCH}; 1: no batching)")  # fmt: skip
+    parser.add_argument(
+        "--workers", type=int, default=1, metavar="N", help="model worker processes, each with its own HTTP process (default 1)"
+    )
+    parser.add_argument(
+        "--max-batch", type=int, default=MAX_BATCH, metavar="B",
+        help=f"most requests classified together (default {MAX_BATCH}; 1: no batching)",
+    )  # fmt: skip
     return parser
 
 
@@ -54,7 +63,8 @@ def build_server(load, tta_hflip: bool, workers: int = 1, max_batch: int = MAX_B
     from fashion_conv.serving.api import FashionAPI
     from fashion_conv.serving.front import Front
 
-    api = FashionAPI(load, tta_hflip=tta_hflip, max_batch_size=max_batch, batch_timeout=BATCH_TIMEOUT_S if max_batch > 1 else 0.0)
+    timeout = BATCH_TIMEOUT_S if max_batch > 1 else 0.0
+    api = FashionAPI(load, tta_hflip=tta_hflip, max_batch_size=max_batch, batch_timeout=timeout)
     return ls.LitServer(api, accelerator="cpu", workers_per_device=workers, middlewares=[Front], timeout=30)
 
 
