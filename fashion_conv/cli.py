@@ -16,6 +16,7 @@ COMMANDS = {
     "predict": ("fashion_conv.predict", "classify images, folders of images and CSVs with a trained model"),
     "export": ("fashion_conv.export", "write a trained backbone as a torch.export program or ONNX"),
     "prepare": ("fashion_conv.prepare", "build data/processed/*.csv from the official Fashion-MNIST files"),
+    "serve": ("fashion_conv.serve", "classify images over HTTP (LitServe), with a page at /"),
     "explain": ("fashion_conv.research.explain", "what a trained model looks at"),
     "experiments": ("fashion_conv.research.experiments", "the notebook's questions, measured, written up as a report"),
     "ingredients": ("fashion_conv.research.ingredients", "what each ingredient of the strong training recipe is worth"),

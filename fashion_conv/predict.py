@@ -16,6 +16,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -34,10 +35,16 @@ TRIM_LEVEL = 0.05 * 255  # Fashion-MNIST trimmed edges within 5% of the backgrou
 # ---- images: made to look like Fashion-MNIST ----
 
 
-def open_image(path: str | Path) -> Image.Image:
-    """Decode an image file to 8-bit grayscale ("L"), upright per its EXIF tag; transparent areas become white."""
+def open_image(path: str | Path | BinaryIO, max_pixels: int | None = None) -> Image.Image:
+    """Decode an image file to 8-bit grayscale ("L"), upright per its EXIF tag; transparent areas become white.
+
+    ``max_pixels`` refuses a larger image before it is decoded (a small file can unpack to gigabytes). ``path`` may be
+    a file object (errors then name its ``name``, or "image")."""
+    where = getattr(path, "name", "image") if hasattr(path, "read") else path
     try:
         with Image.open(path) as img:
+            if max_pixels is not None and img.width * img.height > max_pixels:
+                raise DataError(where, f"{img.width}x{img.height} pixels, more than the {max_pixels:,} accepted")
             img.load()
             img = ImageOps.exif_transpose(img)
             if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
@@ -48,13 +55,15 @@ def open_image(path: str | Path) -> Image.Image:
                 span = values.max() - values.min()
                 img = Image.fromarray(((values - values.min()) * (255 / span if span else 0)).astype(np.uint8))
             return img.convert("L")
+    except DataError:
+        raise
     except FileNotFoundError:
         if Path(path).is_symlink():
-            raise DataError(path, f"dangling symbolic link: its target {os.readlink(path)} does not exist") from None
-        raise DataError(path, "no such file") from None
+            raise DataError(where, f"dangling symbolic link: its target {os.readlink(path)} does not exist") from None
+        raise DataError(where, "no such file") from None
     except Exception as exc:  # Pillow reports undecodable files with many exception types
         detail = str(exc).splitlines()[0] if str(exc) else "no detail"
-        raise DataError(path, f"not a readable image ({type(exc).__name__}: {detail})") from None
+        raise DataError(where, f"not a readable image ({type(exc).__name__}: {detail})") from None
 
 
 def _border(gray: np.ndarray) -> np.ndarray:

@@ -135,3 +135,21 @@ def lightning_logs_to_this_sessions_stderr():
             if type(handler) is logging.StreamHandler and getattr(handler.stream, "closed", False):
                 handler.stream = sys.stderr  # not setStream(): it flushes the closed one first
     return None
+
+
+@pytest.fixture(scope="session")
+def trained_mlp(tmp_path_factory) -> Path:
+    """A real run folder: the mlp trained 300 steps on the real Fashion-MNIST through fit.run (about 0.8 accuracy)."""
+    import os
+
+    from fashion_conv.fit import run
+
+    if not (REAL_DATA / "fashion-mnist-test.csv").is_file() and not os.environ.get("CI"):
+        pytest.skip("the real data is missing: run scripts/setup.sh first")  # on CI a failure: .ci/run prepares it
+    root = tmp_path_factory.mktemp("trained")
+    summary = run(
+        ["--data.data_dir", str(REAL_DATA.parent), "--model.backbone", "mlp", "--trainer.max_epochs", "1",
+         "--trainer.limit_train_batches", "300", "--trainer.default_root_dir", str(root),
+         "--trainer.enable_progress_bar", "false"]
+    )  # fmt: skip
+    return Path(summary["run_dir"])

@@ -127,10 +127,12 @@ def flip_tta(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return (model(x) + model(x.flip(-1))) / 2
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """--checkpoint, or --weights with --backbone; shared by ``predict`` and ``export``."""
+def add_model_arguments(parser: argparse.ArgumentParser):
+    """--checkpoint, or --weights with --backbone; shared by ``predict``, ``export`` and ``serve``. Returns the
+    group of the two, where ``serve`` adds its third choice."""
     model = parser.add_mutually_exclusive_group(required=True)
     model.add_argument("--checkpoint", metavar="CKPT", help="a Lightning checkpoint (.ckpt) of FashionClassifier")
     model.add_argument("--weights", metavar="PTH", help="a model.pth state dict (needs --backbone)")
     names = ", ".join(list_backbones())
     parser.add_argument("--backbone", help=f"backbone of --weights ({names}, or a class path); with --checkpoint, a check")
+    return model

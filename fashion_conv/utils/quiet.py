@@ -41,3 +41,20 @@ def resuming() -> None:
     done), so Lightning's warning that the dataloader is not resumable does not apply."""
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty", category=UserWarning)
     warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before the epoch ended", category=UserWarning)
+
+
+class _DropMissingTorchvision(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("torchvision is not installed. Skipping torchvision::")
+
+
+_TORCHVISION_FILTER = _DropMissingTorchvision()
+
+
+def exporting() -> None:
+    """torch's ONNX exporter logs one line per torchvision operator it cannot register when torchvision is absent;
+    the backbones use none of them. torch's export path also raises the LeafSpec FutureWarning that ``install`` drops."""
+    logger = logging.getLogger("torch.onnx._internal.exporter._registration")
+    if _TORCHVISION_FILTER not in logger.filters:
+        logger.addFilter(_TORCHVISION_FILTER)
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
