@@ -32,6 +32,14 @@ SKIPPED = {
     "python -m fashion_conv.research.experiments --preset full --ray-address auto": "needs that Ray cluster, and hours",
     "bash scripts/setup.sh test && .venv/bin/python -m pytest": "runs this test suite; CI runs exactly this",
     "python -m fashion_conv.fit --trainer.accelerator gpu --trainer.devices 1": "needs a GPU",
+    ".venv/bin/python -m fashion_conv.serve --checkpoint lightning_logs/cnn/version_0/checkpoints/best.ckpt --port 8000":
+        "a server runs until stopped (test_serve.py starts real servers on free ports)",
+    "bash scripts/setup.sh serve": "installs packages (CI's set-up installs the test extra, which holds serve's)",
+    "python -m fashion_conv.serve --checkpoint lightning_logs/cnn/version_0/checkpoints/best.ckpt --port 8000":
+        "a server runs until stopped (test_serve.py starts real servers on free ports)",
+    "curl -F file=@docs/examples/test-row-1.png http://127.0.0.1:8000/predict": "needs that server running",
+    "python scripts/load_test.py --checkpoint lightning_logs/cnn/version_0/checkpoints/best.ckpt --onnx model.onnx":
+        "a load benchmark: a minute of wall time per back end (test_serve.py checks the server's answers)",
 }
 SETUP = "bash scripts/setup.sh && "  # installs packages and the real data: CI runs it before the tests
 MY_NET = """from torch import nn
