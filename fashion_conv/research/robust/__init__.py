@@ -1,0 +1,1 @@
+"""Robustness: corruptions, adversarial attacks and calibration of trained backbones."""
