@@ -225,6 +225,7 @@ def test_corruption_errors_by_hand():
     assert corruption_error([0.2, 0.4], [0.4, 0.6]) == pytest.approx(0.6)
     # added errors: model 0.1 + 0.3 over baseline 0.2 + 0.4
     assert relative_corruption_error([0.2, 0.4], 0.1, [0.4, 0.6], 0.2) == pytest.approx(0.4 / 0.6)
+    assert math.isnan(corruption_error([0.1], [0.0])) and math.isnan(relative_corruption_error([0.3], 0.1, [0.2], 0.2))
 
 
 def test_separated_and_verdicts():
@@ -278,3 +279,25 @@ def test_unknown_backbone_one_error_line(tmp_path, capsys):
     line = one_error_line(capsys, ["--weights", str(weights), "--backbone", "resnet999", "--out", str(tmp_path / "r")])
     assert "resnet999" in line
     assert "--out" in one_error_line(capsys, ["--weights", str(weights), "--backbone", "mlp"])
+
+
+def test_report_end_to_end(tmp_path, run_dir, weights, make_tiny_data, capsys):
+    """A real checkpoint and a model.pth through the command: the three parts, CSVs with a row per measurement."""
+    data = make_tiny_data(tmp_path / "data")
+    out = tmp_path / "report"
+    argv = ["--checkpoint", str(run_dir / "last.ckpt"), "--weights", str(weights["cnn5"]), "--backbone", "cnn5",
+            "--label", "mlp", "--label", "cnn5", "--out", str(out), "--data-dir", str(data), "--val-size", "40",
+            "--corrupt-images", "8", "--attack-images", "8"]  # fmt: skip
+    assert cli.main(argv) == 0, capsys.readouterr().err
+    text = (out / "report.md").read_text()
+    for heading in ("## 1. Corruptions", "## 2. Adversarial attacks", "## 3. Calibration", "## Time"):
+        assert heading in text
+    corr = pd.read_csv(out / "corruptions.csv")
+    assert len(corr) == 2 * (1 + len(conditions()))
+    adv = pd.read_csv(out / "adversarial.csv")
+    assert len(adv) == 2 * 2 * 7 and set(adv.n) == {8}
+    assert "eps = 0 gives the clean accuracy of the same images for 2 of 2 models" in text
+    cal = pd.read_csv(out / "calibration.csv")
+    assert set(cal.data) == {"validation", "test", "corrupted test"}
+    for png in ("samples", "families", "severity", "attacks", "reliability"):
+        assert (out / f"{png}.png").stat().st_size > 1000

@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label", action="append", default=[], help="a group name per model, in order (checkpoints first); equal labels are seeds of one recipe")
     p.add_argument("--out", type=Path, help="(required) folder for report.md, PNGs and CSVs (created; files in it are replaced)")
     p.add_argument("--data-dir", type=Path, default=Path("data"), help="the data folder holding processed/*.csv (default: data)")
+    p.add_argument("--val-size", type=int, default=5000, help="validation images of the runs (their --data.val_size; default: 5000)")
+    p.add_argument("--split-seed", type=int, default=0, help="the runs' --data.split_seed (default: 0): T is fitted on their validation split")
     p.add_argument("--baseline", default="mlp", help="the group that corruption errors are relative to (default: mlp)")
     p.add_argument("--corrupt-images", type=int, default=2000, help="first N test images for the corruptions (default: 2000)")
     p.add_argument("--attack-images", type=int, default=500, help="first N test images for FGSM and PGD (default: 500)")
@@ -69,7 +71,7 @@ def load_models(args: argparse.Namespace) -> tuple[list[Measured], list[tuple[st
 
 def load_data(args: argparse.Namespace) -> Data:
     """The datamodule's validation split (T is fitted there) and the official test set, float in [0, 1]."""
-    dm = FashionMNISTDataModule(data_dir=args.data_dir, download=False)
+    dm = FashionMNISTDataModule(data_dir=args.data_dir, download=False, val_size=args.val_size, split_seed=args.split_seed)
     try:
         dm.setup(None)
     except FileNotFoundError as exc:

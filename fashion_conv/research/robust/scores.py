@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from scipy.stats import binomtest
 from torch import nn
@@ -27,13 +29,15 @@ def wilson(correct: int, n: int, level: float = 0.95) -> tuple[float, float]:
 
 
 def corruption_error(errors: list[float], baseline_errors: list[float]) -> float:
-    """ImageNet-C's CE of one family: sum over severities of the model's error / the same sum for the baseline."""
-    return sum(errors) / sum(baseline_errors)
+    """ImageNet-C's CE of one family: sum over severities of the model's error / the same sum for the baseline (nan if 0)."""
+    base = sum(baseline_errors)
+    return sum(errors) / base if base else math.nan
 
 
 def relative_corruption_error(errors: list[float], clean_error: float, baseline_errors: list[float], baseline_clean: float) -> float:
     """ImageNet-C's relative CE: the error added by the corruption, over the baseline's added error (robustness beyond accuracy)."""
-    return sum(e - clean_error for e in errors) / sum(e - baseline_clean for e in baseline_errors)
+    base = sum(e - baseline_clean for e in baseline_errors)
+    return sum(e - clean_error for e in errors) / base if base else math.nan
 
 
 def separated(a: list[float], b: list[float]) -> int:
