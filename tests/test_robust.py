@@ -301,3 +301,26 @@ def test_report_end_to_end(tmp_path, run_dir, weights, make_tiny_data, capsys):
     assert set(cal.data) == {"validation", "test", "corrupted test"}
     for png in ("samples", "families", "severity", "attacks", "reliability"):
         assert (out / f"{png}.png").stat().st_size > 1000
+
+
+def test_calibration_and_attack_sentences_by_hand():
+    from fashion_conv.research.robust.evaluate import Data
+    from fashion_conv.research.robust.report import attack_section, calibration_section
+
+    cal = pd.DataFrame([{"group": g, "model": f"{g}{k}", "data": d, "scaled": s, "temperature": 1.0, "accuracy": 0.9,
+                         "ece": e + (0.0 if s == "before" else -0.005) + 0.001 * k, "nll": 0.3, "brier": 0.1}
+                        for g, e in (("a", 0.03), ("b", 0.01)) for k in (0, 1) for d in ("test", "corrupted test")
+                        for s in ("before", "after")])  # fmt: skip
+    models = pd.DataFrame([{"group": g, "model": f"{g}{k}", "temperature": t} for g, t in (("a", 1.5), ("b", 1.1)) for k in (0, 1)])
+    lines, summary = calibration_section(cal, models, ["a", "b"])
+    # b's seeds 1.00 and 1.10 %, a's 3.00 and 3.10 %: b lowest, every seed below every seed of a
+    assert summary[0] == "Lowest ECE on test before temperature scaling: b (1.05 ± 0.07 %); every seed below every seed of the next, a (3.05 ± 0.07 %)."
+    assert "| a | 1.500 ± 0.000 |" in "\n".join(lines)
+    adv = pd.DataFrame([{"group": "a", "model": "a0", "attack": at, "eps": e, "accuracy": acc, "correct": round(acc * 10), "n": 10,
+                         "wilson_low": 0.0, "wilson_high": 1.0}
+                        for at, accs in (("fgsm", (0.9, 0.5, 0.2)), ("pgd", (0.9, 0.6, 0.0))) for e, acc in zip((0.0, 0.1, 0.3), accs)])  # fmt: skip
+    models = pd.DataFrame([{"group": "a", "model": "a0", "attack_clean_accuracy": 0.9}])
+    _, checks = attack_section(adv, models, ["a"], Data((None, None), (None, None), 10, 10))
+    assert checks[0].startswith("eps = 0 gives the clean accuracy of the same images for 1 of 1 models")
+    assert checks[1] == "PGD ≤ FGSM at every eps for every model: no, at a eps 0.1."
+    assert checks[2].startswith("PGD accuracy at eps 0.3: at most 0.0 %")

@@ -197,8 +197,12 @@ def calibration_section(cal: pd.DataFrame, models: pd.DataFrame, groups: list[st
         verdict = ""
         if second:
             sep = separated(by_group[second], by_group[top])
-            verdict = (f"; every seed below every seed of the next, {second}" if sep > 0 else
-                       f"; the seeds overlap with the next, {second} ({mean_std(by_group[second])} %), so not a measured difference")
+            if sep > 0:
+                verdict = f"; every seed below every seed of the next, {second} ({mean_std(by_group[second])} %)"
+            elif len(by_group[top]) < 2 and len(by_group[second]) < 2:
+                verdict = f"; next {second} ({mean_std(by_group[second])} %), one run each, so the spread between seeds is not measured"
+            else:
+                verdict = f"; the seeds overlap with the next, {second} ({mean_std(by_group[second])} %), so not a measured difference"
         summary.append(f"Lowest ECE on {data_name} {scaled} temperature scaling: {top} ({mean_std(by_group[top])} %){verdict}.")
     lines += [*[f"- {s}" for s in summary], ""]
     return lines, summary
