@@ -287,8 +287,9 @@ def test_report_end_to_end(tmp_path, run_dir, weights, make_tiny_data, capsys):
     out = tmp_path / "report"
     argv = ["--checkpoint", str(run_dir / "last.ckpt"), "--weights", str(weights["cnn5"]), "--backbone", "cnn5",
             "--label", "mlp", "--label", "cnn5", "--out", str(out), "--data-dir", str(data), "--val-size", "40",
-            "--corrupt-images", "8", "--attack-images", "8"]  # fmt: skip
+            "--corrupt-images", "8", "--attack-images", "8", "--cache", str(tmp_path / "cache")]  # fmt: skip
     assert cli.main(argv) == 0, capsys.readouterr().err
+    assert len(list((tmp_path / "cache").glob("*.json"))) == 2
     text = (out / "report.md").read_text()
     for heading in ("## 1. Corruptions", "## 2. Adversarial attacks", "## 3. Calibration", "## Time"):
         assert heading in text
@@ -301,6 +302,12 @@ def test_report_end_to_end(tmp_path, run_dir, weights, make_tiny_data, capsys):
     assert set(cal.data) == {"validation", "test", "corrupted test"}
     for png in ("samples", "families", "severity", "attacks", "reliability"):
         assert (out / f"{png}.png").stat().st_size > 1000
+    # again, from the cache: the same tables, nothing measured
+    first = {name: (out / f"{name}.csv").read_text() for name in ("corruptions", "adversarial", "calibration", "reliability")}
+    capsys.readouterr()
+    assert cli.main(argv) == 0
+    assert capsys.readouterr().out.count("measurements from") == 2
+    assert first == {name: (out / f"{name}.csv").read_text() for name in first}
 
 
 def test_calibration_and_attack_sentences_by_hand():

@@ -9,6 +9,8 @@ Models with the same --label are seeds of one recipe (mean ± std); the default 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import platform
 import shlex
 import sys
@@ -24,6 +26,7 @@ from fashion_conv.research.explain.load import load_trained
 from fashion_conv.research.robust.evaluate import Data, Measured, measure
 from fashion_conv.research.robust.report import write_report
 from fashion_conv.research.robust.scores import FlipTTA
+from fashion_conv.utils.atomic import atomic_write_text
 from fashion_conv.utils.errors import FashionConvError
 
 PROG = "python -m fashion_conv.research.robust"
@@ -43,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corrupt-images", type=int, default=2000, help="first N test images for the corruptions (default: 2000)")
     p.add_argument("--attack-images", type=int, default=500, help="first N test images for FGSM and PGD (default: 500)")
     p.add_argument("--seed", type=int, default=0, help="seed of the corruptions and of PGD's random start (default: 0)")
+    p.add_argument("--cache", type=Path, help="keep each model's measurements here (keyed by its file's bytes and these "
+                   "settings), so a later report with more models measures only the new ones")
     return p
 
 
@@ -84,6 +89,33 @@ def load_data(args: argparse.Namespace) -> Data:
     return Data(test, val, args.corrupt_images, args.attack_images, args.seed)
 
 
+FIELDS = ("corruption", "adversarial", "calibration", "reliability", "temperature", "clean_accuracy", "attack_clean_accuracy", "seconds")
+
+
+def cache_path(m: Measured, cache: Path, data: Data) -> Path:
+    """One JSON per model file's contents and measurement settings."""
+    settings = f"{data.n_corrupt},{data.n_adv},{data.seed},{type(m.model).__name__}".encode()
+    split = data.val[1].numpy().tobytes()  # the validation labels in split order: another split, another key
+    digest = hashlib.sha256(Path(m.source).read_bytes() + settings + split).hexdigest()[:20]
+    return cache / f"{digest}.json"
+
+
+def load_measured(m: Measured, cache: Path, data: Data) -> bool:
+    path = cache_path(m, cache, data)
+    if not path.is_file():
+        return False
+    saved = json.loads(path.read_text())
+    for name in FIELDS:
+        setattr(m, name, saved[name])
+    print(f"{m.group} ({m.source}): measurements from {path}", flush=True)
+    return True
+
+
+def save_measured(m: Measured, cache: Path, data: Data) -> None:
+    cache.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(cache_path(m, cache, data), json.dumps({name: getattr(m, name) for name in FIELDS}))
+
+
 def header(started: float) -> list[str]:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
     import kornia
@@ -105,7 +137,12 @@ def main(argv: list[str] | None = None) -> int:
             raise argparse.ArgumentError(None, "--out DIR is required")
         models, pairs = load_models(args)
         data = load_data(args)
-        measure(models, data, progress=lambda s: print(s, flush=True))
+        todo = [m for m in models if not (args.cache and load_measured(m, args.cache, data))]
+        if todo:
+            measure(todo, data, progress=lambda s: print(s, flush=True))
+        if args.cache:
+            for m in todo:
+                save_measured(m, args.cache, data)
         command = f"{PROG} {shlex.join(argv)}"
         report = write_report(models, data, args.out, command, header(started), args.baseline, pairs)
     except argparse.ArgumentError as exc:
