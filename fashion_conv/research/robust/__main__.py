@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split-seed", type=int, default=0, help="the runs' --data.split_seed (default: 0): T is fitted on their validation split")
     p.add_argument("--baseline", default="mlp", help="the group that corruption errors are relative to (default: mlp)")
     p.add_argument("--corrupt-images", type=int, default=2000, help="first N test images for the corruptions (default: 2000)")
-    p.add_argument("--attack-images", type=int, default=500, help="first N test images for FGSM and PGD (default: 500)")
+    p.add_argument("--attack-images", type=int, default=300, help="first N test images for FGSM and PGD (default: 300)")
     p.add_argument("--seed", type=int, default=0, help="seed of the corruptions and of PGD's random start (default: 0)")
     p.add_argument("--cache", type=Path, help="keep each model's measurements here (keyed by its file's bytes and these "
                    "settings), so a later report with more models measures only the new ones")
