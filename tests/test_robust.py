@@ -331,3 +331,10 @@ def test_calibration_and_attack_sentences_by_hand():
     assert checks[0].startswith("eps = 0 gives the clean accuracy of the same images for 1 of 1 models")
     assert checks[1] == "PGD ≤ FGSM at every eps for every model: no, at a eps 0.1."
     assert checks[2].startswith("PGD accuracy at eps 0.3: at most 0.0 %")
+
+
+def test_fashion_conv_robust_runs_this_command(tmp_path, capsys):
+    from fashion_conv import cli as console
+
+    assert console.main(["robust", "--checkpoint", str(tmp_path / "none.ckpt"), "--out", str(tmp_path / "r")]) == 1
+    assert capsys.readouterr().err == f"error: {tmp_path / 'none.ckpt'}: no such file\n"
