@@ -144,7 +144,10 @@ def main(argv: list[str] | None = None) -> int:
             for m in todo:
                 save_measured(m, args.cache, data)
         command = f"{PROG} {shlex.join(argv)}"
-        report = write_report(models, data, args.out, command, header(started), args.baseline, pairs)
+        cached = len(models) - len(todo)
+        note = [f"Measurements of {cached} of the {len(models)} models were read from --cache (measured by an earlier run with "
+                "the same settings; their seconds are in the Time section)."] if cached else []
+        report = write_report(models, data, args.out, command, header(started) + note, args.baseline, pairs)
     except argparse.ArgumentError as exc:
         print(f"error: {exc} (see {PROG} --help)", file=sys.stderr)
         return 2
