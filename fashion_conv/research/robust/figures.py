@@ -89,18 +89,24 @@ def attack_curves(adv: pd.DataFrame, path: Path) -> None:
 
 
 def reliability(rel: pd.DataFrame, path: Path) -> None:
-    """Reliability diagrams of each group's first model on the clean test set, before and after temperature scaling."""
+    """Reliability diagrams of each group's first model, clean test (top) and corrupted test (bottom), before and after
+    temperature scaling; a marker's area is proportional to its bin's share of the images."""
     groups = list(dict.fromkeys(rel.group))
-    fig, axes = plt.subplots(1, len(groups), figsize=(3.2 * len(groups), 3.3), squeeze=False)
-    for ax, g in zip(axes[0], groups):
+    fig, axes = plt.subplots(2, len(groups), figsize=(3.2 * len(groups), 6.4), squeeze=False)
+    for col, g in enumerate(groups):
         first = rel[rel.group == g].model.iloc[0]
-        for scaled, style in (("before", "o-"), ("after", "s--")):
-            rows = rel[(rel.model == first) & (rel.data == "test") & (rel.scaled == scaled)]
-            ax.plot(rows.confidence, rows.accuracy, style, ms=3, label=f"{scaled} T")
-        ax.plot([0, 1], [0, 1], color="grey", lw=0.8)
-        ax.set_title(g, fontsize=9)
-        ax.set_xlabel("confidence")
-        ax.set_xlim(0, 1), ax.set_ylim(0, 1)
-    axes[0, 0].set_ylabel("accuracy")
+        for row, data in enumerate(("test", "corrupted test")):
+            ax = axes[row, col]
+            for scaled, colour in (("before", "C0"), ("after", "C1")):
+                rows = rel[(rel.model == first) & (rel.data == data) & (rel.scaled == scaled)]
+                ax.plot(rows.confidence, rows.accuracy, "-", color=colour, lw=0.8, label=f"{scaled} T")
+                ax.scatter(rows.confidence, rows.accuracy, s=400 * rows.n / rows.n.sum(), color=colour)
+            ax.plot([0, 1], [0, 1], color="grey", lw=0.8)
+            ax.set_title(f"{g}, {data}", fontsize=9)
+            ax.set_xlim(0, 1), ax.set_ylim(0, 1)
+            ax.set_xlabel("confidence")
+        axes[0, 0].set_ylabel("accuracy")
+        axes[1, 0].set_ylabel("accuracy")
     axes[0, 0].legend(fontsize=7)
+    fig.tight_layout()
     save(fig, path)

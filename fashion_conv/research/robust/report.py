@@ -189,7 +189,8 @@ def calibration_section(cal: pd.DataFrame, models: pd.DataFrame, groups: list[st
             for scaled, part in (("before", b), ("after", a)):
                 best.setdefault((data_name, scaled), {})[g] = list(part.ece)
     lines += [md_table(headers, rows), "", "![reliability diagrams](reliability.png)", "",
-              "Reliability diagrams: the first model of each group on the clean test set; all bins of all models are in reliability.csv.", ""]
+              "Reliability diagrams: the first model of each group, on the clean and on the corrupted test images; a marker's "
+              "area is its bin's share of the images (bins with few images are noisy). Every bin of every model is in reliability.csv.", ""]
     summary = []
     for (data_name, scaled), by_group in best.items():
         order = sorted(by_group, key=lambda g: statistics.fmean(by_group[g]))
