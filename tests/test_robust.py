@@ -338,3 +338,13 @@ def test_fashion_conv_robust_runs_this_command(tmp_path, capsys):
 
     assert console.main(["robust", "--checkpoint", str(tmp_path / "none.ckpt"), "--out", str(tmp_path / "r")]) == 1
     assert capsys.readouterr().err == f"error: {tmp_path / 'none.ckpt'}: no such file\n"
+
+
+def test_pgd_sentences_by_hand():
+    from fashion_conv.research.robust.report import pgd_sentences
+
+    pgd = pd.DataFrame([{"group": g, "eps": e, "accuracy": acc} for g, e, acc in
+                        (("m", 0.05, 0.30), ("m", 0.05, 0.36), ("c", 0.05, 0.08), ("c", 0.05, 0.17),
+                         ("m", 0.1, 0.05), ("m", 0.1, 0.09), ("c", 0.1, 0.0), ("c", 0.1, 0.06))])  # fmt: skip
+    assert pgd_sentences(pgd, "m", ["m", "c"], [0.05, 0.1]) == [
+        "PGD, c against m, where every seed is beyond every seed: eps 0.05: 12.50 ± 6.36 % vs 33.00 ± 4.24 % (below)."]

@@ -121,7 +121,7 @@ def header(started: float) -> list[str]:
     import kornia
     import art
 
-    return [f"Run on {datetime.now(timezone.utc):%Y-%m-%d} (UTC), CPU: {cpu}, {torch.get_num_threads()} threads; "
+    return [f"Run on {datetime.now(timezone.utc):%Y-%m-%d} (UTC), CPU: {cpu}, {torch.get_num_threads()} CPU thread(s); "
             f"torch {torch.__version__}, kornia {kornia.__version__}, adversarial-robustness-toolbox {art.__version__}, "
             f"Python {platform.python_version()}. Whole report: {(time.perf_counter() - started) / 60:.1f} min."]  # fmt: skip
 
