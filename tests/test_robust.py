@@ -348,3 +348,13 @@ def test_pgd_sentences_by_hand():
                          ("m", 0.1, 0.05), ("m", 0.1, 0.09), ("c", 0.1, 0.0), ("c", 0.1, 0.06))])  # fmt: skip
     assert pgd_sentences(pgd, "m", ["m", "c"], [0.05, 0.1]) == [
         "PGD, c against m, where every seed is beyond every seed: eps 0.05: 12.50 ± 6.36 % vs 33.00 ± 4.24 % (below)."]
+
+
+def test_severity_means_by_hand():
+    from fashion_conv.research.robust.report import severity_means
+
+    corr = pd.DataFrame([{"group": "g", "model": m, "family": f, "severity": s, "accuracy": a} for m, f, s, a in
+                         (("a", "clean", 0, 0.9), ("a", "blur", 1, 0.8), ("a", "noise", 1, 0.6), ("a", "flip", 1, 0.1),
+                          ("b", "clean", 0, 0.8), ("b", "blur", 1, 0.7), ("b", "noise", 1, 0.4), ("b", "flip", 1, 0.3))])  # fmt: skip
+    assert severity_means(corr, "g", ["blur", "noise"], 1) == [pytest.approx(0.7), pytest.approx(0.55)]  # flip left out
+    assert severity_means(corr, "g", ["blur", "noise"], 0) == [0.9, 0.8]

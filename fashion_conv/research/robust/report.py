@@ -36,6 +36,12 @@ def per_seed(corr: pd.DataFrame, group: str, family: str) -> list[float]:
     return list(rows.groupby("model", sort=False).accuracy.mean())
 
 
+def severity_means(corr: pd.DataFrame, group: str, families: list[str], severity: int) -> list[float]:
+    """Each seed's accuracy at ``severity``, mean over ``families`` (severity 0: its clean accuracy)."""
+    rows = corr[(corr.group == group) & (corr.severity == severity) & ((severity == 0) | corr.family.isin(families))]
+    return list(rows.groupby("model", sort=False).accuracy.mean())
+
+
 def family_scores(corr: pd.DataFrame, group: str, baseline: str, family: str) -> dict[str, list[float]]:
     """Per seed of ``group``: accuracy, accuracy lost (vs clean, same images), CE and relative CE vs ``baseline``'s mean."""
     def errors(g):  # model -> (clean error, [error per severity])
@@ -70,7 +76,11 @@ def corruption_section(corr: pd.DataFrame, groups: list[str], baseline: str | No
     rows += [[f, *[mean_std(per_seed(corr, g, f)) for g in groups]] for f in families]
     means = {g: [statistics.fmean(v) for v in zip(*[per_seed(corr, g, f) for f in families])] for g in groups}
     rows.append(["**mean over families**", *[mean_std(means[g]) for g in groups]])
-    lines += [md_table(headers, rows), "", "![accuracy per family](families.png)", "", "![accuracy per severity](severity.png)", ""]
+    lines += [md_table(headers, rows), "", "![accuracy per family](families.png)", ""]
+    graded = [f for f, fam in FAMILIES.items() if len(fam.levels) > 1]
+    sev = [[s, *[mean_std(severity_means(corr, g, graded, s)) for g in groups]] for s in range(6)]
+    lines += [f"### Accuracy (%) per severity, mean over the {len(graded)} graded families (0: clean, same images)", "",
+              md_table(["severity", *groups], sev), "", "![accuracy per severity](severity.png)", ""]
     summary = []
     if baseline:
         lines += [f"### Corruption error relative to {baseline} (ImageNet-C's CE and relative CE)", "",
