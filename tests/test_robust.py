@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from fashion_conv.research.robust import __main__ as cli
+from fashion_conv.research.robust import cli
 from fashion_conv.research.robust.attacks import adversarial_images, attack_accuracy
 from fashion_conv.research.robust.calibration import (
     brier, calibration_metrics, ece, ece_from_bins, fit_temperature, nll, reliability_bins,
