@@ -20,6 +20,7 @@ COMMANDS = {
     "explain": ("fashion_conv.research.explain", "what a trained model looks at"),
     "experiments": ("fashion_conv.research.experiments", "the notebook's questions, measured, written up as a report"),
     "ingredients": ("fashion_conv.research.ingredients", "what each ingredient of the strong training recipe is worth"),
+    "robust": ("fashion_conv.research.robust", "corruptions, adversarial attacks and calibration, as a report"),
     "bench": ("fashion_conv.research.bench", "the notebook's training loop vs fit, timed side by side"),
 }
 

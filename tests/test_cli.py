@@ -11,7 +11,7 @@ from fashion_conv import cli
 def test_help_lists_every_command(capsys):
     assert cli.main(["--help"]) == 0
     out = capsys.readouterr().out
-    for command in ("fit", "predict", "export", "serve", "explain", "experiments", "ingredients", "bench", "prepare"):
+    for command in ("fit", "predict", "export", "serve", "explain", "experiments", "ingredients", "robust", "bench", "prepare"):
         assert f"\n  {command} " in out
 
 
