@@ -68,7 +68,7 @@ def corruption_section(corr: pd.DataFrame, groups: list[str], baseline: str | No
              f"The first {data.n_corrupt:,} images of the official test set, under {len(families)} families "
              f"({sum(len(f.levels) for f in FAMILIES.values())} conditions), made with seed {data.seed} "
              "(`fashion_conv.research.robust.corrupt`: the same images every run). Parameters per severity: "
-             "[docs/robustness.md](../../docs/robustness.md) and the table at the end of this section.", "",
+             "`docs/robustness.md` and the table at the end of this section.", "",
              "![corrupted samples](samples.png)", "",
              "### Accuracy (%), mean over each family's severities; mean ± std over seeds", ""]  # fmt: skip
     headers = ["family", *groups]
