@@ -91,9 +91,13 @@ def reference_worker(spec: dict) -> dict:
 
 def plain_worker(spec: dict) -> dict:
     """The fastest hand-written loop for fit's work: fit's training split held as uint8 tensors, one indexing op per
-    batch of 64, channels-last convs, fused Adam 1e-3, fp32, no per-step host sync; no Lightning."""
+    batch of 64, channels-last convs, fused Adam 1e-3, fp32, no per-step host sync, and fit's malloc setting
+    (``keep_freed_memory``), so that the difference to fit is Lightning's; no Lightning."""
     import torch.nn.functional as F
 
+    from fashion_conv.utils.memory import keep_freed_memory
+
+    keep_freed_memory()
     from fashion_conv.models.backbones import build_backbone
     from fashion_conv.data.datamodule import FashionMNISTDataModule
 
