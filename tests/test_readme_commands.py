@@ -25,6 +25,7 @@ from fashion_conv.data.csvio import CLASS_NAMES, write_csv
 
 FIT_SPEED = "--data.val_size 100 --trainer.max_epochs 1"
 # The experiments on 300 tiny images: every experiment of the pipeline, one seed, one epoch.
+ROBUST_SPEED = "--val-size 100 --corrupt-images 50 --attack-images 20"  # the robustness report on the tiny data
 STUDY_SPEED = "--train-size 200 --val-size 100 --test-size 100 --epochs 1 --seeds 1 --train-sizes 50 --kernel-sizes 3 --max-shift 2"
 NOT_RUN_PAGES = {"mutation.md"}  # mutmut over the core: half an hour (docs/mutation.md)
 SKIPPED = {
@@ -111,6 +112,7 @@ def scratch(tmp_path: Path) -> dict:
         f'#!/bin/bash\nif [ "$1 $2" = "-m fashion_conv.fit" ] || [ "$1 $2 $3" = "-m fashion_conv.cli fit" ]; then\n'
         f'  exec {sys.executable} "$@" {FIT_SPEED}\nfi\n'
         f'if [ "$1 $2" = "-m fashion_conv.research.experiments" ]; then\n  exec {sys.executable} "$@" {STUDY_SPEED}\nfi\n'
+        f'if [ "$1 $2" = "-m fashion_conv.research.robust" ]; then\n  exec {sys.executable} "$@" {ROBUST_SPEED}\nfi\n'
         f'exec {sys.executable} "$@"\n'
     )
     (bin_dir / "fashion-conv").write_text(f'#!/bin/bash\nexec {python} -m fashion_conv.cli "$@"\n')

@@ -27,7 +27,7 @@ from fashion_conv.research.robust.evaluate import Data, Measured, measure
 from fashion_conv.research.robust.report import write_report
 from fashion_conv.research.robust.scores import FlipTTA
 from fashion_conv.utils.atomic import atomic_write_text
-from fashion_conv.utils.errors import FashionConvError
+from fashion_conv.utils.errors import ArgumentValueError, FashionConvError
 
 PROG = "python -m fashion_conv.research.robust"
 
@@ -151,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     except argparse.ArgumentError as exc:
         print(f"error: {exc} (see {PROG} --help)", file=sys.stderr)
         return 2
+    except ArgumentValueError as exc:  # the data module names its argument (val_size); this command's flag is --val-size
+        print(f"error: --{exc.argument.replace('_', '-')}{str(exc)[len(exc.argument):]}", file=sys.stderr)
+        return 1
     except FashionConvError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
