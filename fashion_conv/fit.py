@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}; free space, then resume with --ckpt_path last", file=sys.stderr)
         return _failed(cli, 1)
     except ArgumentValueError as exc:  # the classes name their argument (lr); the command line knows it as --model.lr
-        print(f"error: {flag_name(exc.argument)}{str(exc)[len(exc.argument):]}", file=sys.stderr)
+        print(f"error: {exc.under(flag_name(exc.argument))}", file=sys.stderr)
         return _failed(cli, 1)
     except (FashionConvError, MisconfigurationException) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -153,7 +153,7 @@ class BestCheckpoint(ModelCheckpoint):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.aliased: tuple[str, float | None] | None = None  # the (path, score) that best.ckpt holds
+        self.aliased: tuple[str, Any] | None = None  # the (path, score tensor) that best.ckpt holds
 
     # ModelCheckpoint saves in these three hooks (which one depends on its settings); the alias follows each.
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any, **kwargs: Any) -> None:
@@ -170,9 +170,11 @@ class BestCheckpoint(ModelCheckpoint):
 
     def copy_best(self, trainer: Trainer) -> None:
         """Copy a new best checkpoint to ``best.ckpt`` (rank 0 wrote it, and Lightning waited for it)."""
-        score = self.best_model_score.item() if self.best_model_score is not None else None
-        best = (self.best_model_path, score)
-        if not self.best_model_path or best == self.aliased or not trainer.is_global_zero:
+        # ModelCheckpoint sets a new score tensor with each new best: compared by identity, so no step waits on .item().
+        best = (self.best_model_path, self.best_model_score)
+        if not self.best_model_path or not trainer.is_global_zero:
+            return
+        if self.aliased is not None and best[0] == self.aliased[0] and best[1] is self.aliased[1]:
             return
         with atomic_path(Path(self.best_model_path).with_name(self.ALIAS)) as tmp:
             shutil.copyfile(self.best_model_path, tmp)

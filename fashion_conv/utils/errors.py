@@ -17,6 +17,10 @@ class ArgumentValueError(FashionConvError, ValueError):
         super().__init__(f"{argument}{'' if problem.startswith(':') else ' '}{problem}")  # "lr must be ...", "backbone: ..."
         self.argument, self.problem = argument, problem
 
+    def under(self, flag: str) -> str:
+        """The message with the argument named as a command line spells it: ``under("--model.lr")``."""
+        return flag + str(self)[len(self.argument):]
+
 
 class DataError(FashionConvError):
     """A data file is unusable. The message names the file and, where known, the line and column."""

@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc} (see {PROG} --help)", file=sys.stderr)
         return 2
     except ArgumentValueError as exc:  # the data module names its argument (val_size); this command's flag is --val-size
-        print(f"error: --{exc.argument.replace('_', '-')}{str(exc)[len(exc.argument):]}", file=sys.stderr)
+        print(f"error: {exc.under('--' + exc.argument.replace('_', '-'))}", file=sys.stderr)
         return 1
     except FashionConvError as exc:
         print(f"error: {exc}", file=sys.stderr)
